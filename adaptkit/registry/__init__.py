@@ -1,0 +1,15 @@
+"""Versioned storage of every user's adapters (SQL rows + immutable blobs)."""
+
+from adaptkit.registry.blobs import BlobStore, sha256_file
+from adaptkit.registry.registry import ACTIVE, CANDIDATE, RETIRED, Registry, UserInfo, VersionInfo
+
+__all__ = [
+    "ACTIVE",
+    "CANDIDATE",
+    "RETIRED",
+    "BlobStore",
+    "Registry",
+    "UserInfo",
+    "VersionInfo",
+    "sha256_file",
+]

@@ -1,0 +1,49 @@
+"""SQL tables of the registry (SQLAlchemy 2 ORM). Plain rows: no torch in here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    # The one version that serves this user; NULL until the first publish.
+    active_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", use_alter=True), nullable=True
+    )
+
+
+class AdapterVersionRow(Base):
+    """An immutable adapter version. Rows are never updated except ``status``."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("user_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per user: what people type
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    method: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str] = mapped_column(String(256))
+    data_digest: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    blob_path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    status_reason: Mapped[str] = mapped_column(Text, default="")

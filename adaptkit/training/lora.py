@@ -1,0 +1,67 @@
+"""The shape of a user's adapter: which modules, what rank."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from peft import LoraConfig
+from torch import nn
+
+from adaptkit.errors import InputError
+
+ALL_LINEAR = "all-linear"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA hyper-parameters. Field names are the CLI flags (``--rank`` ...)."""
+
+    rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale = alpha / rank)"})
+    targets: str = field(
+        default=ALL_LINEAR,
+        metadata={"help": "comma-separated module names, or 'all-linear' (every linear but lm_head)"},
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.rank, int) or self.rank < 1:
+            problems.append(f"--rank must be a positive integer, got {self.rank!r}")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            problems.append(f"--alpha must be a positive finite number, got {self.alpha!r}")
+        if not self.targets.strip():
+            problems.append("--targets must name at least one module (or 'all-linear')")
+        if problems:
+            raise InputError("; ".join(problems))
+
+    def target_modules(self, model: nn.Module) -> list[str]:
+        """Explicit module names (what vLLM/LoRAX expect in adapter_config.json)."""
+        linear_names = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, nn.Linear) or type(module).__name__.startswith("Linear")
+            }
+            - {"lm_head"}
+        )
+        if self.targets == ALL_LINEAR:
+            return linear_names
+        wanted = [t.strip() for t in self.targets.split(",") if t.strip()]
+        unknown = [t for t in wanted if t not in linear_names]
+        if unknown:
+            raise InputError(
+                f"--targets {self.targets!r}: {', '.join(unknown)} not linear modules of this "
+                f"model; choose from {', '.join(linear_names)}"
+            )
+        return wanted
+
+    def peft_config(self, model: nn.Module) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=0.0,
+            target_modules=self.target_modules(model),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )

@@ -1,0 +1,1 @@
+"""The ``adaptkit`` command-line app (installed as ``adaptkit.cli``)."""

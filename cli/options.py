@@ -1,0 +1,45 @@
+"""Click options generated from config dataclasses (litgpt's idea: the signature is the CLI).
+
+A field ``batch_size: int = 4`` with ``metadata={"help": ...}`` becomes
+``--batch-size INTEGER  ... [default: 4]``; the dataclass validates the values
+and its errors name the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+Config = TypeVar("Config")
+_CLICK_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def options_from(config_class: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding one option per dataclass field of ``config_class``."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for field in reversed(dataclasses.fields(config_class)):
+            command = click.option(
+                flag_name(field.name),
+                field.name,
+                type=_CLICK_TYPES[field.type if isinstance(field.type, str) else field.type.__name__],
+                default=field.default,
+                show_default=True,
+                help=field.metadata.get("help", ""),
+            )(command)
+        return command
+
+    return decorate
+
+
+def build(config_class: type[Config], values: dict[str, Any]) -> Config:
+    """Pop the fields of ``config_class`` out of click's ``values`` and construct it."""
+    names = [field.name for field in dataclasses.fields(config_class)]
+    return config_class(**{name: values.pop(name) for name in names})
