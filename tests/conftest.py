@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny random model (unit tier) and the real packaged SmolLM2 (integration)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_model import make_tiny_model_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "users" / "examples"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A fresh, empty adaptkit home."""
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home whose model cache holds SmolLM2 converted from the packaged GGUF (once per run).
+
+    Set ADAPTKIT_TEST_MODEL_CACHE to reuse a conversion across runs.
+    """
+    from adaptkit.base_model import load_base
+    from adaptkit.home import Home
+
+    root = os.environ.get("ADAPTKIT_TEST_MODEL_CACHE")
+    cache_home = Home(Path(root)) if root else Home(tmp_path_factory.mktemp("smollm2-home"))
+    cache_home.ensure()
+    load_base("smollm2-135m-instruct", home=cache_home)
+    return cache_home.models_dir / "smollm2-135m-instruct"
