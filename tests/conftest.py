@@ -41,3 +41,12 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache_home.ensure()
     load_base("smollm2-135m-instruct", home=cache_home)
     return cache_home.models_dir / "smollm2-135m-instruct"
+
+
+@pytest.fixture
+def smollm2_home(tmp_path: Path, smollm2_cache: Path) -> Path:
+    """A fresh home whose model cache already holds the converted SmolLM2 (symlinked)."""
+    root = tmp_path / "home"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "smollm2-135m-instruct").symlink_to(smollm2_cache, target_is_directory=True)
+    return root
