@@ -185,8 +185,12 @@ class Registry:
         activate: bool = True,
         status_reason: str = "",
     ) -> VersionInfo:
-        """Store the staged adapter as the user's next version (and make it active)."""
-        self.ensure_user(user_id)
+        """Store the staged adapter as the user's next version (and make it active).
+
+        A new user's row is created in the same transaction as its first version,
+        so a failed publish leaves nothing behind.
+        """
+        validate_user_id(user_id)
         with self._sessions() as session:
             last = session.scalar(
                 select(func.max(AdapterVersionRow.number)).where(
@@ -195,12 +199,17 @@ class Registry:
             )
             number = (last or 0) + 1
             if parent is None:
-                parent_row_id = session.get(UserRow, user_id).active_version_id
+                user = session.get(UserRow, user_id)
+                parent_row_id = user.active_version_id if user else None
             else:
+                self._user(session, user_id)
                 parent_row_id = self._version_row(session, user_id, parent).id
         path, sha256 = self.blobs.put(user_id, number, staged)
         try:
             with self._sessions.begin() as session:
+                if session.get(UserRow, user_id) is None:
+                    session.add(UserRow(id=user_id))
+                    session.flush()
                 row = AdapterVersionRow(
                     user_id=user_id,
                     number=number,
