@@ -7,6 +7,7 @@ points at a missing or partial blob.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from adaptkit.registry.schema import AdapterVersionRow, Base, UserRow
 from adaptkit.user_ids import validate_user_id
 
 ACTIVE, CANDIDATE, RETIRED = "active", "candidate", "retired"
+ROLLED_BACK = "rolled-back"  # was active, then failed a later check
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,32 @@ class Registry:
         A new user's row is created in the same transaction as its first version,
         so a failed publish leaves nothing behind.
         """
+        return self.publish_with(
+            user_id, staged, method=method, base_model=base_model, data_digest=data_digest,
+            metrics=metrics, config=config, parent=parent, activate=activate,
+            status_reason=status_reason, in_transaction=None,
+        )
+
+    def publish_with(
+        self,
+        user_id: str,
+        staged: Path,
+        *,
+        method: str,
+        base_model: str,
+        data_digest: str,
+        metrics: dict[str, Any],
+        config: dict[str, Any],
+        parent: int | None = None,
+        activate: bool = True,
+        status_reason: str = "",
+        in_transaction: Callable[[Session, AdapterVersionRow], None] | None = None,
+    ) -> VersionInfo:
+        """``publish``, also running ``in_transaction(session, row)`` in the row's commit.
+
+        The online trainer marks the feedback events it trained on as consumed there:
+        a crash leaves either the version and the consumed marks, or neither.
+        """
         validate_user_id(user_id)
         with self._sessions() as session:
             last = session.scalar(
@@ -228,6 +256,8 @@ class Registry:
                 session.flush()
                 if activate:
                     self._make_active(session, user_id, row)
+                if in_transaction is not None:
+                    in_transaction(session, row)
             with self._sessions() as session:
                 return self._info(session, session.get(AdapterVersionRow, row.id))
         except BaseException:
@@ -249,4 +279,22 @@ class Registry:
             self._user(session, user_id)
             row = self._version_row(session, user_id, number)
             self._make_active(session, user_id, row)
+        return self.version(user_id, number)
+
+    def rollback(self, user_id: str, number: int, *, to: int, reason: str) -> VersionInfo:
+        """In one transaction: mark ``number`` rolled back with ``reason`` and activate ``to``."""
+        with self._sessions.begin() as session:
+            self._user(session, user_id)
+            bad = self._version_row(session, user_id, number)
+            good = self._version_row(session, user_id, to)
+            self._make_active(session, user_id, good)
+            bad.status = ROLLED_BACK
+            bad.status_reason = reason
+        return self.version(user_id, to)
+
+    def set_status_reason(self, user_id: str, number: int, reason: str) -> VersionInfo:
+        """Record why a version is where it is (e.g. the gate's verdict), status unchanged."""
+        with self._sessions.begin() as session:
+            self._user(session, user_id)
+            self._version_row(session, user_id, number).status_reason = reason
         return self.version(user_id, number)
