@@ -1,0 +1,188 @@
+"""A LoRA adapter read from a PEFT-format directory into compute-ready tensors.
+
+Read straight from ``adapter_model.safetensors`` (one read, one sha256, one
+parse), never through PEFT: PEFT's ``load_adapter`` walks and re-wraps the whole
+model (~600 ms for SmolLM2), this takes a few milliseconds.
+
+Everything about an adapter that can be wrong is checked here, before it can
+reach a forward pass: the config (only plain LoRA is supported), the base it
+was built for, the modules it targets and their shapes, and finite values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+
+from adaptkit.errors import InputError
+from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+PEFT_PREFIX = "base_model.model."
+_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+
+
+class AdapterError(InputError):
+    """An adapter cannot be used with this base model; the message names the adapter."""
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """One module's low-rank update: ``delta(x) = (x @ A.T @ B.T) * scale``."""
+
+    A: torch.Tensor  # (rank, in_features)
+    B: torch.Tensor  # (out_features, rank)
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+
+@dataclass(frozen=True)
+class AdapterWeights:
+    """A whole adapter in compute-ready form: module name -> LoraWeights."""
+
+    label: str  # how errors and plans name it: "user 'alice' v3" or "shared adapter 'formal'"
+    modules: dict[str, LoraWeights] = field(repr=False)
+    base_model: str | None  # adapter_config.json's base_model_name_or_path
+    path: Path
+    sha256: str
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor storage this adapter keeps alive (what the RAM tier budgets)."""
+        return sum(
+            w.A.untyped_storage().nbytes() + w.B.untyped_storage().nbytes()
+            for w in self.modules.values()
+        )
+
+
+@dataclass(frozen=True)
+class ModuleShape:
+    in_features: int
+    out_features: int
+
+
+def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
+    # PEFT's rule (peft.utils.other.get_pattern_key): a key matches a module name suffix.
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _check_config(config: dict[str, Any], label: str) -> None:
+    """Refuse PEFT features whose math this bank does not implement (never silently wrong)."""
+    problems = []
+    if config.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type is {config.get('peft_type')!r}, only LORA is supported")
+    for flag in ("use_dora", "lora_bias", "fan_in_fan_out"):
+        if config.get(flag):
+            problems.append(f"{flag}=true is not supported")
+    for name in ("modules_to_save", "trainable_token_indices", "layer_replication"):
+        if config.get(name):
+            problems.append(f"{name} is set ({config[name]!r}); only low-rank deltas are served")
+    alpha = config.get("lora_alpha")
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        problems.append(f"lora_alpha must be a finite number, got {alpha!r}")
+    if problems:
+        raise AdapterError(f"{label}: " + "; ".join(problems))
+
+
+def read_adapter(
+    path: Path,
+    *,
+    label: str,
+    shapes: Mapping[str, ModuleShape],
+    base_aliases: frozenset[str],
+    expected_sha256: str | None = None,
+) -> AdapterWeights:
+    """Read and validate the PEFT-format adapter in ``path`` against the served base.
+
+    ``shapes`` maps the base model's adaptable module names to their shapes;
+    ``base_aliases`` are the names under which the served base is known (catalogue
+    name, directory, hub id). Raises ``AdapterError`` naming ``label`` on any problem.
+    """
+    config_file, weights_file = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
+    if not config_file.is_file() or not weights_file.is_file():
+        raise AdapterError(
+            f"{label}: {path} is not a PEFT adapter directory (needs {ADAPTER_CONFIG} and "
+            f"{ADAPTER_WEIGHTS})"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise AdapterError(f"{label}: cannot read {config_file}: {error}") from error
+    _check_config(config, label)
+    base = config.get("base_model_name_or_path")
+    if base and base not in base_aliases and Path(str(base)).name not in base_aliases:
+        raise AdapterError(
+            f"{label} was built for base model {base!r}, but this engine serves "
+            f"{sorted(base_aliases)[0]!r}; use an adapter trained on this base"
+        )
+
+    # One read serves both the integrity check and the parse.
+    blob = weights_file.read_bytes()
+    sha256 = hashlib.sha256(blob).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise AdapterError(
+            f"{label}: {weights_file} does not match its recorded sha256 (blob changed or "
+            "corrupt); activate another version"
+        )
+    tensors = load_safetensors(blob)
+    del blob
+
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _KEY.match(key.removeprefix(PEFT_PREFIX))
+        if match is None:
+            raise AdapterError(f"{label}: unexpected tensor {key!r} (not a lora_A/lora_B weight)")
+        parts.setdefault(match["module"], {})[match["part"]] = tensor
+
+    rank_default, alpha_default = config.get("r", 8), float(config["lora_alpha"])
+    modules: dict[str, LoraWeights] = {}
+    for module, pair in sorted(parts.items()):
+        if module not in shapes:
+            raise AdapterError(
+                f"{label} targets module {module!r}, which this base model has no adaptable "
+                "linear layer for (a different architecture or base?)"
+            )
+        if set(pair) != {"A", "B"}:
+            raise AdapterError(f"{label}: module {module!r} lacks lora_A or lora_B")
+        A, B, shape = pair["A"].float(), pair["B"].float(), shapes[module]
+        rank = int(A.shape[0])
+        if (
+            A.ndim != 2
+            or B.ndim != 2
+            or A.shape[1] != shape.in_features
+            or B.shape != (shape.out_features, rank)
+        ):
+            raise AdapterError(
+                f"{label}: module {module!r} has lora_A {tuple(A.shape)} and lora_B "
+                f"{tuple(B.shape)}, but the base layer is {shape.in_features} -> "
+                f"{shape.out_features}: the adapter was built for a different base model"
+            )
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+            raise AdapterError(f"{label}: module {module!r} has non-finite (nan/inf) weights")
+        declared = int(_pattern_value(config.get("rank_pattern") or {}, module, rank_default))
+        if declared != rank:
+            raise AdapterError(
+                f"{label}: module {module!r} has rank {rank} but its config says {declared}"
+            )
+        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, alpha_default))
+        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        # contiguous() gives each tensor its own compact storage, so the byte count is
+        # exact and dropping the adapter frees exactly that memory.
+        modules[module] = LoraWeights(A.contiguous(), B.contiguous(), scale)
+    if not modules:
+        raise AdapterError(f"{label}: {weights_file} holds no LoRA weights")
+    return AdapterWeights(label, modules, base, path, sha256)
