@@ -67,3 +67,41 @@ def publish_dir(registry: Registry, user: str, adapter_dir: Path, base_model: st
         metrics={},
         config={},
     )
+
+
+@torch.inference_mode()
+def reference_tokens(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy tokens for one prompt alone (unpadded), cut after the first stop token."""
+    from adaptkit.prompting import as_messages, encode_prompt, end_of_turn_id
+
+    ids = torch.tensor([encode_prompt(tokenizer, as_messages(prompt))])
+    stops = [end_of_turn_id(tokenizer)]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
+        stops.append(tokenizer.eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    output = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=stops,
+        pad_token_id=pad,
+    )
+    row = output[0, ids.shape[1] :].tolist()
+    end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+    return row[:end]
+
+
+def peft_reference(
+    model: nn.Module, tokenizer, adapter_dir: Path | None, prompt: str, max_new_tokens: int
+) -> list[int]:
+    """PEFT's greedy tokens for ``prompt`` with ``adapter_dir`` alone (None: the base)."""
+    from peft import PeftModel
+
+    if adapter_dir is None:
+        return reference_tokens(model, tokenizer, prompt, max_new_tokens)
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        return reference_tokens(peft_model, tokenizer, prompt, max_new_tokens)
+    finally:
+        peft_model.unload()

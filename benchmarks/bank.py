@@ -1,0 +1,316 @@
+"""Adapter bank vs PEFT, measured side by side in one run on SmolLM2-135M (fp32).
+
+    python benchmarks/bank.py --json OUT.json [--model-cache DIR] [--users 64]
+
+Users get all-linear rank-8 adapters with random (nonzero) weights, published
+through the registry into a temporary home; no training is needed to time
+loading, switching and batched generation. Every number is a median over
+repeats; PEFT is measured in the same process on its own copy of the base.
+
+Keys (see the README, "Serving many users"):
+  activation_ms_p50 / peft_set_adapter_ms_p50      switching the active user
+  cold_load_ms_p50 / peft_load_adapter_ms_p50      registry blob on disk -> usable
+  mixed8_vs_single_throughput / peft_...           8 rows of 8 users / 8 rows of one user
+  merged_vs_base_throughput                        folded adapter vs plain base, tokens/s
+  cached_adapters_per_GiB                          rank-8 adapters the RAM tier holds in 1 GiB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+
+from adaptkit.bank import Engine, Request, RoutingPolicy
+from adaptkit.base_model import load_base
+from adaptkit.home import Home
+from adaptkit.prompting import as_messages, encode_prompt, end_of_turn_id
+from adaptkit.registry import Registry
+
+BASE = "smollm2-135m-instruct"
+PROMPTS = [
+    "How long does it take me to get to the train station?",
+    "What should I cook for dinner tonight?",
+    "Suggest a weekend activity.",
+    "How do I get to the museum from here?",
+    "What is a good gift for my sister?",
+    "Plan my morning routine.",
+    "Which bike route is the safest?",
+    "Recommend a book for the holidays.",
+]
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1e3, 3)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def make_adapters(base, root: Path, users: int, rank: int, seed: int) -> list[Path]:
+    """One PEFT adapter made with PEFT, then copies of it with fresh random weights."""
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    template = root / "template"
+    peft_model = get_peft_model(base.model, config)
+    peft_model.save_pretrained(template)
+    peft_model.unload()
+    keys = load_file(template / "adapter_model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    paths = []
+    for index in range(users):
+        tensors = {
+            key: torch.randn(t.shape, generator=generator)
+            * (0.02 if "lora_B" in key else 1.0 / t.shape[1] ** 0.5)
+            for key, t in keys.items()
+        }
+        path = root / f"staged-{index}"
+        path.mkdir()
+        shutil.copy(template / "adapter_config.json", path / "adapter_config.json")
+        save_file(tensors, path / "adapter_model.safetensors")
+        paths.append(path)
+    return paths
+
+
+def tokens_per_second(run: Callable[[], object], tokens: int, repeats: int) -> list[float]:
+    return [tokens / timed(run) for _ in range(repeats)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        default=os.environ.get("ADAPTKIT_TEST_MODEL_CACHE"),
+        help="an adaptkit home whose models/ already holds the converted SmolLM2 "
+        "[default: $ADAPTKIT_TEST_MODEL_CACHE; else converted into the temp home]",
+    )
+    parser.add_argument("--users", type=int, default=64)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    results: dict[str, object] = {
+        "model": BASE,
+        "dtype": "float32",
+        "rank": args.rank,
+        "targets": "all-linear",
+        "users": args.users,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+    with tempfile.TemporaryDirectory(prefix="adaptkit-bench-") as scratch:
+        root = Path(scratch)
+        home = Home(root / "home").ensure()
+        if args.model_cache is not None:
+            (home.models_dir / BASE).symlink_to(Path(args.model_cache) / "models" / BASE)
+        registry = Registry(home.registry_url, home.adapters_dir)
+        ours = load_base(BASE, home=home)
+        staged = make_adapters(ours, root, args.users, args.rank, args.seed)
+        users = [f"user{i:03d}" for i in range(args.users)]
+        versions = {}
+        for user, path in zip(users, staged, strict=True):
+            versions[user] = registry.publish(
+                user,
+                path,
+                method="random",
+                base_model=BASE,
+                data_digest="0" * 64,
+                metrics={},
+                config={},
+            )
+
+        results |= measure_ours(args, ours, registry, versions, users, root)
+        del ours
+        results |= measure_peft(args, load_base(BASE, home=home), versions, users)
+        results["repeats"] = args.repeats
+        results["new_tokens"] = args.new_tokens
+
+    floors = {
+        "activation_ms_p50 <= 1": results["activation_ms_p50"] <= 1.0,
+        "cold_load_ms_p50 <= 20": results["cold_load_ms_p50"] <= 20.0,
+        "mixed8_vs_single_throughput >= 0.9": results["mixed8_vs_single_throughput"] >= 0.9,
+        "merged_vs_base_throughput >= 0.95": results["merged_vs_base_throughput"] >= 0.95,
+    }
+    results["floors_met"] = floors
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    sys.exit(0 if all(floors.values()) else 1)
+
+
+def measure_ours(args, ours, registry, versions, users, root: Path) -> dict[str, object]:
+    results: dict[str, object] = {}
+    engine = Engine(
+        ours, registry, shared_dir=root / "shared", policy=RoutingPolicy(merge_min_new_tokens=None)
+    )
+    bank = engine.bank
+
+    def cold_load(user: str) -> None:
+        adapter = bank.load_user(versions[user])
+        engine.set_rows([[(adapter, 1.0)]])
+
+    cold = []
+    for user in users[: min(24, len(users))]:
+        bank.evict(user)
+        cold.append(timed(lambda u=user: cold_load(u)))
+    engine.clear_rows()
+    results["cold_load_ms_p50"] = median_ms(cold)
+    results["cold_load_includes"] = "read + sha256 check + parse + validate + activate"
+
+    bank.prefetch(users)
+    stats = bank.stats()
+    results["ram_tier_entries"] = stats.entries
+    results["ram_tier_used_bytes"] = stats.used_bytes
+    per_adapter = stats.used_bytes / stats.entries
+    results["adapter_bytes"] = int(per_adapter)
+    results["cached_adapters_per_GiB"] = int(2**30 // per_adapter)
+
+    switches, misses = [], bank.stats().misses
+    order = [random.choice(users) for _ in range(300)]
+    for user in order:
+        switches.append(timed(lambda u=user: cold_load(u)))  # all RAM hits now
+    engine.clear_rows()
+    assert bank.stats().misses == misses, "a switch missed the RAM tier"
+    results["activation_ms_p50"] = median_ms(switches)
+    results["registry_lookup_ms_p50"] = median_ms(
+        [timed(lambda u=u: registry.active_version(u)) for u in order[:50]]
+    )
+
+    tokens = len(PROMPTS) * args.new_tokens
+    mixed = [Request(p, user=u) for p, u in zip(PROMPTS, users[:8], strict=True)]
+    single = [Request(p, user=users[0]) for p in PROMPTS]
+
+    def run(requests: list[Request]) -> Callable[[], object]:
+        return lambda: engine.generate(
+            requests, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens
+        )
+
+    run(single)()  # warm-up
+    mixed_tps, single_tps = [], []
+    for _ in range(args.repeats):  # interleaved, so drift on a shared box hits both
+        mixed_tps += tokens_per_second(run(mixed), tokens, 1)
+        single_tps += tokens_per_second(run(single), tokens, 1)
+    results["mixed8_tokens_per_s"] = round(statistics.median(mixed_tps), 2)
+    results["single8_tokens_per_s"] = round(statistics.median(single_tps), 2)
+    results["mixed8_vs_single_throughput"] = round(
+        statistics.median(mixed_tps) / statistics.median(single_tps), 3
+    )
+
+    # merged: one user's long stream; steady-state tokens/s with the adapter folded in,
+    # against the plain base, both one row through the same engine.
+    stream = [Request(PROMPTS[0], user=None)]
+    long_tokens = 2 * args.new_tokens
+    adapter = bank.load_user(versions[users[0]])
+
+    def base_run() -> object:
+        return engine.generate(stream, max_new_tokens=long_tokens, min_new_tokens=long_tokens)
+
+    base_tps, merged_tps, unmerged_tps, fold_s = [], [], [], []
+    stream_user = [Request(PROMPTS[0], user=users[0])]
+    for _ in range(args.repeats):
+        base_tps.append(long_tokens / timed(base_run))
+        start = time.perf_counter()
+        with engine.merged([(adapter, 1.0)]):
+            fold_s.append(time.perf_counter() - start)
+            merged_tps.append(long_tokens / timed(base_run))
+        unmerged_tps.append(
+            long_tokens
+            / timed(
+                lambda: engine.generate(
+                    stream_user, max_new_tokens=long_tokens, min_new_tokens=long_tokens
+                )
+            )
+        )
+    results["merged_vs_base_throughput"] = round(
+        statistics.median(merged_tps) / statistics.median(base_tps), 3
+    )
+    results["unmerged_vs_base_throughput"] = round(
+        statistics.median(unmerged_tps) / statistics.median(base_tps), 3
+    )
+    results["merge_fold_ms_p50"] = median_ms(fold_s)
+    engine.close()
+    return results
+
+
+def measure_peft(args, theirs, versions, users) -> dict[str, object]:
+    """The same measurements through PEFT, on its own copy of the base."""
+    results: dict[str, object] = {}
+    tokens = len(PROMPTS) * args.new_tokens
+    names = [f"u{i}" for i in range(8)]
+    peft_model = None
+    loads = []
+    for name, user in zip(names, users[:8], strict=True):
+        path = str(versions[user].blob_path)
+        if peft_model is None:
+            start = time.perf_counter()
+            peft_model = PeftModel.from_pretrained(theirs.model, path, adapter_name=name)
+            loads.append(time.perf_counter() - start)
+        else:
+            loads.append(timed(lambda m=peft_model, p=path, n=name: m.load_adapter(p, n)))
+    peft_model.eval()
+    results["peft_load_adapter_ms_p50"] = median_ms(loads)
+    sets = [timed(lambda n=names[i % 8]: peft_model.set_adapter(n)) for i in range(16)]
+    results["peft_set_adapter_ms_p50"] = median_ms(sets)
+
+    tokenizer = theirs.tokenizer
+    prompts = [encode_prompt(tokenizer, as_messages(p)) for p in PROMPTS]
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    stop = end_of_turn_id(tokenizer)
+
+    def peft_run(adapter_names: list[str] | None) -> Callable[[], object]:
+        extra = {"adapter_names": adapter_names} if adapter_names else {}
+        return lambda: peft_model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            do_sample=False,
+            eos_token_id=[stop],
+            pad_token_id=0,
+            **extra,
+        )
+
+    peft_model.set_adapter(names[0])
+    with torch.inference_mode():
+        peft_run(None)()
+        peft_mixed, peft_single = [], []
+        for _ in range(args.repeats):
+            peft_mixed += tokens_per_second(peft_run(names), tokens, 1)
+            peft_single += tokens_per_second(peft_run(None), tokens, 1)
+    results["peft_mixed8_tokens_per_s"] = round(statistics.median(peft_mixed), 2)
+    results["peft_single8_tokens_per_s"] = round(statistics.median(peft_single), 2)
+    results["peft_mixed8_vs_single_throughput"] = round(
+        statistics.median(peft_mixed) / statistics.median(peft_single), 3
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()
