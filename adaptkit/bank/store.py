@@ -18,7 +18,7 @@ the same name can never be served.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +58,9 @@ class ByteLRU:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
-    def keys(self) -> list[Hashable]:
-        return list(self._entries)
+    def __iter__(self) -> Iterator[Hashable]:
+        """Keys, least recently used first (a snapshot: safe to evict while iterating)."""
+        return iter(list(self._entries))
 
     def get(self, key: Hashable) -> AdapterWeights | None:
         entry = self._entries.get(key)
@@ -259,7 +260,7 @@ class AdapterBank:
         return held
 
     def stats(self) -> BankStats:
-        pinned = sum(1 for key in self.cache.keys() if self.cache.pinned(key))  # noqa: SIM118
+        pinned = sum(1 for key in self.cache if self.cache.pinned(key))
         return BankStats(
             entries=len(self.cache),
             used_bytes=self.cache.used_bytes,
