@@ -1,0 +1,130 @@
+"""The two seams the arena runner talks through, and today's implementations over ``AdaptKit``.
+
+- ``Responder``: answer these prompts for this user (``None`` = the base model).
+  Now ``AdaptKit.chat_many`` (PEFT loads the user's active adapter); the batched
+  multi-user bank can implement the same Protocol.
+- ``Learner``: learn this user's adapter from these history records. Now
+  ``AdaptKit.train`` (SFT, published in the run's registry); the online trainer
+  can implement the same Protocol.
+
+The runner never imports torch or PEFT: swapping either piece changes no runner code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from adaptkit.arena.episodes import HistoryRecord
+from adaptkit.errors import InputError
+from adaptkit.kit import AdaptKit
+from adaptkit.prompting import encode_prompt
+from adaptkit.training import LoraSpec, SFTConfig
+
+METHODS = ("sft",)
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What a learner produced for a user: registry version, its cost, its size."""
+
+    user: str
+    version: int
+    train_seconds: float
+    adapter_bytes: int
+    examples: int
+
+
+class Responder(Protocol):
+    def answer(
+        self, user: str | None, prompts: Sequence[Messages], *, max_new_tokens: int
+    ) -> list[str]: ...
+
+    def prompt_tokens(self, prompt: Messages) -> int: ...
+
+
+class Learner(Protocol):
+    method: str
+
+    def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned: ...
+
+
+class KitResponder:
+    """Answers through ``AdaptKit.chat_many``: base model, or the user's active adapter."""
+
+    def __init__(self, kit: AdaptKit) -> None:
+        self.kit = kit
+
+    def answer(
+        self, user: str | None, prompts: Sequence[Messages], *, max_new_tokens: int
+    ) -> list[str]:
+        if not prompts:
+            return []
+        return self.kit.chat_many(list(prompts), user=user, max_new_tokens=max_new_tokens)
+
+    def prompt_tokens(self, prompt: Messages) -> int:
+        return len(encode_prompt(self.kit.base.tokenizer, prompt))
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """Training steps for k history records: a fixed number of passes over the data,
+    clamped to [min_steps, max_steps]. Learning-curve points with few records then
+    cost few steps instead of the full budget."""
+
+    epochs: float = 12.0
+    min_steps: int = 6
+    max_steps: int = 24
+
+    @classmethod
+    def for_budget(cls, max_steps: int) -> StepPolicy:
+        return cls(min_steps=min(cls.min_steps, max_steps), max_steps=max_steps)
+
+    def steps(self, records: int, batch_size: int) -> int:
+        wanted = math.ceil(self.epochs * records / max(1, min(batch_size, records)))
+        return max(self.min_steps, min(self.max_steps, wanted))
+
+
+class KitLearner:
+    """Trains through the toolkit's own path: ``AdaptKit.train`` + the run's registry."""
+
+    def __init__(
+        self,
+        kit: AdaptKit,
+        *,
+        method: str = "sft",
+        lora: LoraSpec | None = None,
+        config: SFTConfig | None = None,
+        policy: StepPolicy | None = None,
+        progress: bool = False,
+    ) -> None:
+        if method not in METHODS:
+            raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+        self.kit = kit
+        self.method = method
+        self.lora = lora or LoraSpec()
+        self.config = config or SFTConfig()
+        self.policy = policy or StepPolicy.for_budget(self.config.steps)
+        self.progress = progress
+
+    def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned:
+        if not history:
+            raise InputError(f"user {user!r} has no history records to learn from")
+        steps = self.policy.steps(len(history), self.config.batch_size)
+        config = replace(self.config, steps=steps)
+        interactions = [record.interaction for record in history]
+        version = self.kit.train(
+            user, interactions, lora=self.lora, config=config, progress=self.progress
+        )
+        size = sum(f.stat().st_size for f in Path(version.blob_path).rglob("*") if f.is_file())
+        return Learned(
+            user=user,
+            version=version.number,
+            train_seconds=float(version.metrics.get("train_seconds", 0.0)),
+            adapter_bytes=size,
+            examples=int(version.metrics.get("examples", len(history))),
+        )

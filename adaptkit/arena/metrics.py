@@ -1,0 +1,229 @@
+"""Numbers of an arena run, as the plain dict ``report.json`` holds.
+
+Definitions (also in docs/episodes.md):
+
+- success: fraction of scored deployment requests passed, overall (every request
+  counts once) and per user; ``fraction_of_oracle`` = success / oracle success.
+- retention: probe success with the users' final adapters (every user x probe)
+  divided by probe success of the base model.
+- leakage: user A's request answered with user B's adapter (B = the user before A
+  in the run's order). A pair counts (is *eligible*) when A's answer is wrong for
+  B: the base model fails the request (it needs A's personal knowledge) and none
+  of B's history answers passes A's checks. It *leaks* when B's adapter passes
+  A's checks anyway. leakage = leaked / eligible.
+- must_exclude hits: fraction of a condition's answers containing a value the
+  task excludes (in the bundled suite: another user's value of the same habit).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import mean
+from typing import Any
+
+from adaptkit.arena.episodes import Task
+from adaptkit.arena.evaluators import score
+from adaptkit.arena.runner import Answer, ArenaResult
+
+TARGETS = {
+    "adapter_success_min": 0.8,
+    "adapter_minus_memory_min": 0.2,
+    "retention_min": 0.95,
+    "leakage_max": 0.05,
+    "wall_seconds_max": 900.0,
+}
+
+
+def _rate(answers: list[Answer]) -> float | None:
+    return round(mean(a.passed for a in answers), 4) if answers else None
+
+
+def _per_user(answers: list[Answer], key: str = "task_user") -> dict[str, float | None]:
+    groups: dict[str, list[Answer]] = defaultdict(list)
+    for answer in answers:
+        groups[getattr(answer, key)].append(answer)
+    return {user: _rate(group) for user, group in sorted(groups.items())}
+
+
+def _conditions(result: ArenaResult) -> dict[str, dict[str, Any]]:
+    by_condition: dict[str, list[Answer]] = defaultdict(list)
+    for answer in result.answers:
+        by_condition[answer.condition].append(answer)
+    out = {}
+    for name in ("base", "oracle", "memory", "adapter", "adapter+memory"):
+        answers = by_condition.get(name)
+        if not answers:
+            continue
+        out[name] = {
+            "success": _rate(answers),
+            "n": len(answers),
+            "per_user": _per_user(answers),
+            "prompt_tokens_mean": round(mean(a.prompt_tokens for a in answers), 1),
+            "must_exclude_hits": round(mean(bool(a.excluded) for a in answers), 4),
+        }
+    oracle = out.get("oracle", {}).get("success")
+    for numbers in out.values():
+        numbers["fraction_of_oracle"] = round(numbers["success"] / oracle, 4) if oracle else None
+    return out
+
+
+def _retention(result: ArenaResult) -> dict[str, Any]:
+    base = [a for a in result.answers if a.condition == "probe:base"]
+    adapted = [a for a in result.answers if a.condition == "probe:adapter"]
+    base_rate, adapted_rate = _rate(base), _rate(adapted)
+    return {
+        "retention": round(adapted_rate / base_rate, 4) if base_rate and adapted else None,
+        "base_probe_success": base_rate,
+        "adapter_probe_success": adapted_rate,
+        "probes": len(base),
+        "per_user": _per_user(adapted, "adapter_user"),
+    }
+
+
+def _leakage(result: ArenaResult) -> dict[str, Any]:
+    tasks: dict[Any, Task] = {
+        t.task_id: t for user_tasks in result.suite.deployment.values() for t in user_tasks
+    }
+    base_passed = {a.task_id: a.passed for a in result.answers if a.condition == "base"}
+    pairs = []
+    for answer in (a for a in result.answers if a.condition == "leakage"):
+        task = tasks[answer.task_id]
+        other_history = result.suite.history.get(answer.adapter_user, ())
+        wrong_for_other = not any(
+            score(r.interaction.sft_target or "", task.eval).passed for r in other_history
+        )
+        eligible = wrong_for_other and not base_passed.get(answer.task_id, False)
+        pairs.append(
+            {
+                "task_id": answer.task_id,
+                "task_user": answer.task_user,
+                "adapter_user": answer.adapter_user,
+                "eligible": eligible,
+                "leaked": eligible and answer.passed,
+                "answer": answer.text,
+            }
+        )
+    eligible = [p for p in pairs if p["eligible"]]
+    leaked = [p for p in eligible if p["leaked"]]
+    return {
+        "rate": round(len(leaked) / len(eligible), 4) if eligible else None,
+        "leaked": len(leaked),
+        "eligible": len(eligible),
+        "answered": len(pairs),
+        "definition": "user A's request answered with user B's final adapter; eligible when "
+        "the base model fails it and none of B's history answers passes its checks; leaked "
+        "when B's adapter passes A's checks",
+        "pairs": pairs,
+    }
+
+
+def _curve(result: ArenaResult) -> dict[str, Any]:
+    per_user: dict[str, dict[str, float | None]] = {}
+    finals: list[Answer] = []
+    for user in result.users:
+        points: dict[str, float | None] = {}
+        base = [a for a in result.answers if a.condition == "base" and a.task_user == user]
+        points["0"] = _rate(base)
+        adapted = [
+            a
+            for a in result.answers
+            if a.condition in ("curve", "adapter")
+            and a.adapter_user == user
+            and a.task_user == user
+        ]
+        for k in sorted({a.k for a in adapted}):
+            points[str(k)] = _rate([a for a in adapted if a.k == k])
+        finals += [a for a in adapted if a.condition == "adapter"]
+        per_user[user] = points
+    keys = sorted({k for points in per_user.values() for k in points}, key=int)
+    success = {}
+    for key in keys:
+        values = [p[key] for p in per_user.values() if p.get(key) is not None]
+        success[key] = round(mean(values), 4) if values else None
+    success["all"] = _rate(finals)
+    return {
+        "points": keys + ["all"],
+        "success": success,
+        "per_user": per_user,
+        "note": "success on the deployment requests after learning from the first k "
+        "history records (0 = base model; 'all' = each user's whole history)",
+    }
+
+
+def _cost(result: ArenaResult, conditions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    finals = {user: learned[-1][1] for user, learned in result.learned.items() if learned}
+    train_total = {
+        user: round(sum(item.train_seconds for _, item in learned), 2)
+        for user, learned in result.learned.items()
+    }
+    return {
+        "train_seconds_per_user": {u: round(item.train_seconds, 2) for u, item in finals.items()},
+        "train_seconds_per_user_mean": (
+            round(mean(i.train_seconds for i in finals.values()), 2) if finals else None
+        ),
+        "train_seconds_with_curve_per_user": train_total,
+        "adapter_bytes_per_user": {u: item.adapter_bytes for u, item in finals.items()},
+        "adapter_bytes_mean": round(mean(i.adapter_bytes for i in finals.values()))
+        if finals
+        else None,
+        "prompt_tokens_mean": {name: c["prompt_tokens_mean"] for name, c in conditions.items()},
+    }
+
+
+def _targets(summary: dict[str, Any]) -> dict[str, Any]:
+    conditions = summary["conditions"]
+    adapter = conditions.get("adapter", {}).get("success")
+    memory = conditions.get("memory", {}).get("success")
+    retention = summary["retention"]["retention"]
+    leakage = summary["leakage"]["rate"]
+    wall = summary["run"]["wall_seconds"]
+    checks = {
+        "adapter_success": (adapter, adapter is not None and adapter >= 0.8),
+        "adapter_minus_memory": (
+            None if adapter is None or memory is None else round(adapter - memory, 4),
+            adapter is not None and memory is not None and adapter - memory >= 0.2,
+        ),
+        "retention": (retention, retention is not None and retention >= 0.95),
+        "leakage": (leakage, leakage is not None and leakage <= 0.05),
+        "wall_seconds": (wall, wall < 900.0),
+    }
+    return {
+        "note": "issue 5's targets for the full bundled suite (SmolLM2-135M, 2-core CPU)",
+        "thresholds": TARGETS,
+        "values": {name: value for name, (value, _) in checks.items()},
+        "met": {name: ok for name, (_, ok) in checks.items()},
+    }
+
+
+def summarize(result: ArenaResult, run: dict[str, Any]) -> dict[str, Any]:
+    """Everything ``report.json`` holds. ``run`` describes the run (model, method, ...)."""
+    conditions = _conditions(result)
+    summary: dict[str, Any] = {
+        "run": {
+            **run,
+            "users": result.users,
+            "wall_seconds": round(result.wall_seconds, 1),
+            "curve_points": result.curve_points,
+        },
+        "conditions": conditions,
+        "retention": _retention(result),
+        "leakage": _leakage(result),
+        "learning_curve": _curve(result),
+        "skipped": result.skipped,
+    }
+    summary["cost"] = _cost(result, conditions)
+    summary["targets"] = _targets(summary)
+    summary["answers"] = [
+        {
+            "condition": a.condition,
+            "task_id": a.task_id,
+            "task_user": a.task_user,
+            "adapter_user": a.adapter_user,
+            "k": a.k,
+            "passed": a.passed,
+            "answer": a.text,
+            "excluded_found": list(a.excluded),
+        }
+        for a in result.answers
+    ]
+    return summary

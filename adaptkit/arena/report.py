@@ -1,0 +1,184 @@
+"""Write an arena summary as ``report.json``, ``report.md`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+CONDITION_COLORS = {
+    "base": "#9e9e9e",
+    "oracle": "#2e7d32",
+    "memory": "#1565c0",
+    "adapter": "#e65100",
+    "adapter+memory": "#6a1b9a",
+}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    run, conditions = summary["run"], summary["conditions"]
+    lines = [
+        "# Arena report",
+        "",
+        f"Episodes `{run['episodes']}` · model `{run['model']}` · method `{run['method']}` · "
+        f"retriever `{run['retriever']}` · {len(run['users'])} users · "
+        f"wall {run['wall_seconds']:.0f} s{' · quick mode' if run.get('quick') else ''}",
+        "",
+        "## Success per condition",
+        "",
+        "| condition | success | of oracle | tasks | prompt tokens (mean) | must_exclude hits |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in conditions.items():
+        lines.append(
+            f"| {name} | {_fmt(c['success'])} | {_fmt(c['fraction_of_oracle'])} | {c['n']} | "
+            f"{_fmt(c['prompt_tokens_mean'])} | {_fmt(c['must_exclude_hits'])} |"
+        )
+    users = run["users"]
+    lines += [
+        "",
+        "## Per user",
+        "",
+        "| user | " + " | ".join(conditions) + " |",
+        "|---|" + "---|" * len(conditions),
+    ]
+    for user in users:
+        cells = [_fmt(c["per_user"].get(user)) for c in conditions.values()]
+        lines.append(f"| {user} | " + " | ".join(cells) + " |")
+
+    curve = summary["learning_curve"]
+    lines += [
+        "",
+        "## Learning curve (deployment success after k history records)",
+        "",
+        "| k | " + " | ".join(curve["points"]) + " |",
+        "|---|" + "---|" * len(curve["points"]),
+        "| success | " + " | ".join(_fmt(curve["success"].get(k)) for k in curve["points"]) + " |",
+    ]
+
+    retention, leakage, cost = summary["retention"], summary["leakage"], summary["cost"]
+    lines += [
+        "",
+        "## Retention, leakage, cost",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| retention (adapter probe success / base) | {_fmt(retention['retention'])} "
+        f"({_fmt(retention['adapter_probe_success'])} / {_fmt(retention['base_probe_success'])}"
+        f", {retention['probes']} probes) |",
+        f"| leakage (leaked / eligible cross-user answers) | {_fmt(leakage['rate'])} "
+        f"({leakage['leaked']} / {leakage['eligible']}) |",
+        f"| training seconds per user (final adapter, mean) | "
+        f"{_fmt(cost['train_seconds_per_user_mean'])} |",
+        f"| adapter bytes (mean) | {_fmt(cost['adapter_bytes_mean'])} |",
+    ]
+    targets = summary["targets"]
+    lines += [
+        "",
+        "## Issue targets (full bundled suite)",
+        "",
+        "| target | value | met |",
+        "|---|---|---|",
+    ]
+    for name, value in targets["values"].items():
+        lines.append(f"| {name} | {_fmt(value)} | {'yes' if targets['met'][name] else 'no'} |")
+    if summary["skipped"]:
+        lines += ["", "## Skipped", "", "| task | user | reason |", "|---|---|---|"]
+        lines += [f"| {s['task_id']} | {s['user']} | {s['reason']} |" for s in summary["skipped"]]
+    lines += ["", "Definitions: docs/episodes.md. Every answer is in report.json (`answers`).", ""]
+    return "\n".join(lines)
+
+
+def plot_curve(summary: dict[str, Any], path: Path) -> None:
+    curve = summary["learning_curve"]
+    numeric = [k for k in curve["points"] if k != "all" and curve["success"].get(k) is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for points in curve["per_user"].values():
+        ks = [int(k) for k in points if points[k] is not None]
+        ax.plot(ks, [points[str(k)] for k in ks], color="#e65100", alpha=0.18, lw=1)
+    ax.plot(
+        [int(k) for k in numeric],
+        [curve["success"][k] for k in numeric],
+        "o-",
+        color="#e65100",
+        lw=2.2,
+        label="adapter (mean over users)",
+    )
+    for name in ("oracle", "memory", "base"):
+        if name in summary["conditions"]:
+            ax.axhline(
+                summary["conditions"][name]["success"],
+                ls="--",
+                lw=1.2,
+                color=CONDITION_COLORS[name],
+                label=name,
+            )
+    ax.set_xscale("symlog", linthresh=1)
+    ticks = [int(k) for k in numeric]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("history records learned from (k)")
+    ax.set_ylabel("deployment success")
+    ax.set_title("Learning curve (thin lines: individual users)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_conditions(summary: dict[str, Any], path: Path) -> None:
+    conditions = summary["conditions"]
+    users = summary["run"]["users"]
+    fig, (overall, per_user) = plt.subplots(
+        1, 2, figsize=(11, 4.0), dpi=110, gridspec_kw={"width_ratios": [1, 2.6]}
+    )
+    names = list(conditions)
+    values = [conditions[n]["success"] or 0.0 for n in names]
+    bars = overall.bar(names, values, color=[CONDITION_COLORS[n] for n in names])
+    overall.bar_label(bars, fmt="%.2f", fontsize=8)
+    overall.set_ylim(0, 1.1)
+    overall.set_ylabel("deployment success")
+    overall.set_title("All users")
+    overall.tick_params(axis="x", rotation=30, labelsize=8)
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs = [u + (i - (len(names) - 1) / 2) * width for u in range(len(users))]
+        ys = [conditions[name]["per_user"].get(user) or 0.0 for user in users]
+        per_user.bar(xs, ys, width=width, color=CONDITION_COLORS[name], label=name)
+    per_user.set_xticks(range(len(users)), users, rotation=30, fontsize=8)
+    per_user.set_ylim(0, 1.1)
+    per_user.set_title("Per user")
+    per_user.legend(fontsize=7, ncol=len(names), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write the three kinds of output into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out / "report.json",
+        "markdown": out / "report.md",
+        "curve": out / "learning_curve.png",
+        "conditions": out / "conditions.png",
+    }
+    paths["json"].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    paths["markdown"].write_text(markdown(summary))
+    plot_curve(summary, paths["curve"])
+    plot_conditions(summary, paths["conditions"])
+    return paths

@@ -1,0 +1,120 @@
+"""One arena run end to end: validate everything, build the pieces, run, write the report.
+
+from adaptkit.arena import ArenaOptions, run_arena
+paths = run_arena(ArenaOptions(out=Path("arena-out"), quick=True))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adaptkit.arena.backends import METHODS, KitLearner, KitResponder, StepPolicy
+from adaptkit.arena.conditions import CONDITIONS
+from adaptkit.arena.episodes import load_episodes
+from adaptkit.arena.metrics import summarize
+from adaptkit.arena.report import write_report
+from adaptkit.arena.retrieval import RETRIEVERS, build_retriever
+from adaptkit.arena.runner import ArenaConfig, ArenaRunner
+from adaptkit.base_model import DEFAULT_BASE
+from adaptkit.errors import InputError
+from adaptkit.kit import AdaptKit
+from adaptkit.training import LoraSpec, SFTConfig
+
+BUNDLED_SUITE = Path(__file__).parent / "data" / "starter_suite.jsonl"
+QUICK_USERS = 3
+QUICK_CURVE = (2,)
+
+
+@dataclass(frozen=True)
+class ArenaOptions:
+    """What ``adaptkit arena run`` takes. Field names are its flags."""
+
+    out: Path
+    episodes: Path = BUNDLED_SUITE
+    conditions: tuple[str, ...] = tuple(CONDITIONS)
+    users: tuple[str, ...] = ()  # empty: every user with deployment requests
+    base: str = DEFAULT_BASE
+    quant: str = "none"
+    method: str = "sft"
+    home: Path | None = None  # default OUT/home: the run owns its registry
+    retriever: str = "bm25"
+    memory_k: int = 3
+    max_new_tokens: int = 40
+    curve_points: tuple[int, ...] | None = None
+    quick: bool = False
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=24, lr=1e-3, batch_size=4))
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.retriever not in RETRIEVERS:
+            problems.append(f"--retriever {self.retriever!r} is not one of {', '.join(RETRIEVERS)}")
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+def run_arena(options: ArenaOptions) -> dict[str, Path]:
+    """Run the arena and write ``report.json``, ``report.md`` and plots into ``options.out``."""
+    started = time.perf_counter()
+    config = ArenaConfig(
+        conditions=options.conditions,
+        memory_k=options.memory_k,
+        max_new_tokens=options.max_new_tokens,
+        curve_points=QUICK_CURVE
+        if options.quick and options.curve_points is None
+        else options.curve_points,
+    )
+    suite = load_episodes(options.episodes)  # the whole file, before any model work
+    users = list(options.users) or suite.users
+    if options.quick and not options.users:
+        users = users[:QUICK_USERS]
+    suite = suite.select(users)
+
+    home = options.home if options.home is not None else options.out / "home"
+    kit = AdaptKit(home, base=options.base, quant=options.quant)
+    learner = KitLearner(
+        kit,
+        method=options.method,
+        lora=options.lora,
+        config=options.sft,
+        policy=StepPolicy.for_budget(options.sft.steps),
+    )
+    runner = ArenaRunner(
+        KitResponder(kit),
+        learner,
+        build_retriever(options.retriever),
+        config,
+        progress=options.progress,
+    )
+    result = runner.run(suite)
+    result.wall_seconds = time.perf_counter() - started
+    summary = summarize(
+        result,
+        {
+            "episodes": str(options.episodes),
+            "model": options.base,
+            "quant": options.quant,
+            "method": options.method,
+            "retriever": options.retriever,
+            "memory_k": options.memory_k,
+            "max_new_tokens": options.max_new_tokens,
+            "quick": options.quick,
+            "home": str(kit.home.root),
+            "lora": {
+                "rank": options.lora.rank,
+                "alpha": options.lora.alpha,
+                "targets": options.lora.targets,
+            },
+            "sft": {
+                "max_steps": options.sft.steps,
+                "lr": options.sft.lr,
+                "batch_size": options.sft.batch_size,
+            },
+        },
+    )
+    return write_report(summary, options.out)

@@ -1,0 +1,142 @@
+"""``adaptkit arena run``: evaluate personalization on an episode file and write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from adaptkit.cli.options import build, options_from
+
+from adaptkit.arena.backends import METHODS
+from adaptkit.arena.conditions import CONDITIONS, parse_conditions
+from adaptkit.arena.retrieval import RETRIEVERS
+from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
+from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
+from adaptkit.errors import InputError
+from adaptkit.training import LoraSpec, SFTConfig
+
+
+@click.group()
+def arena() -> None:
+    """AdaptArena evaluation: does each user's model know them?"""
+
+
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected integers like 1,2,4") from None
+
+
+@arena.command("run")
+@click.option(
+    "--episodes",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=BUNDLED_SUITE,
+    show_default="the bundled starter suite",
+    help="episode file (JSON Lines or a JSON list; docs/episodes.md)",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="directory for report.json, report.md and the plots",
+)
+@click.option(
+    "--conditions",
+    default=",".join(CONDITIONS),
+    show_default=True,
+    help="comma-separated conditions to compare (base always runs)",
+)
+@click.option("--users", default=None, help="comma-separated users [default: all; 3 with --quick]")
+@click.option(
+    "--base",
+    "model",
+    default=DEFAULT_BASE,
+    show_default=True,
+    help="base model: catalogue name, local directory or Hugging Face id",
+)
+@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="sft",
+    show_default=True,
+    help="how each user's adapter learns from their history",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="adaptkit home for the run's registry and adapters [default: OUT/home]",
+)
+@click.option(
+    "--retriever",
+    type=click.Choice(RETRIEVERS),
+    default="bm25",
+    show_default=True,
+    help="memory retrieval: BM25, or MiniLM embeddings (packaged model)",
+)
+@click.option("--memory-k", default=3, show_default=True, help="history records in the prompt")
+@click.option("--max-new-tokens", default=40, show_default=True)
+@click.option(
+    "--curve-points",
+    default=None,
+    help="history sizes k for the learning curve [default: 1,2,4,...; 2 with --quick]",
+)
+@click.option("--quick", is_flag=True, help="3 users, one curve point: a few minutes")
+@options_from(LoraSpec)
+@click.option(
+    "--steps",
+    default=24,
+    show_default=True,
+    help="most optimizer steps per adapter (fewer for small curve points)",
+)
+@click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate")
+@click.option("--batch-size", default=4, show_default=True, help="examples per step")
+@click.option("--seed", default=0, show_default=True, help="training seed")
+def run(
+    episodes: Path,
+    out: Path,
+    conditions: str,
+    users: str | None,
+    model: str,
+    quant: str,
+    method: str,
+    home: Path | None,
+    retriever: str,
+    memory_k: int,
+    max_new_tokens: int,
+    curve_points: str | None,
+    quick: bool,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    **values: Any,
+) -> None:
+    """Compare conditions on EPISODES and write the report into OUT."""
+    options = ArenaOptions(
+        out=out,
+        episodes=episodes,
+        conditions=tuple(c.name for c in parse_conditions(conditions)),
+        users=tuple(u.strip() for u in (users or "").split(",") if u.strip()),
+        base=model,
+        quant=quant,
+        method=method,
+        home=home,
+        retriever=retriever,
+        memory_k=memory_k,
+        max_new_tokens=max_new_tokens,
+        curve_points=_ints(curve_points, "--curve-points"),
+        quick=quick,
+        lora=build(LoraSpec, values),
+        sft=SFTConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed),
+    )
+    paths = run_arena(options)
+    click.echo(f"report: {paths['markdown']}")
+    for name in ("json", "curve", "conditions"):
+        click.echo(f"        {paths[name]}")

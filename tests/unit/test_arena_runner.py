@@ -1,0 +1,265 @@
+"""The runner and its metrics, through the Protocol seams: scripted fakes pin every number
+exactly; the tiny random model runs the real path (AdaptKit.train + registry + chat_many)
+end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from adaptkit.cli.main import main
+from click.testing import CliRunner
+
+from adaptkit.arena import ArenaConfig, ArenaRunner, BM25Retriever, Learned, load_episodes
+from adaptkit.arena.backends import StepPolicy
+from adaptkit.arena.metrics import summarize
+from adaptkit.arena.report import write_report
+from adaptkit.arena.runner import curve_points
+
+VALUES = {"alice": "bicycle", "bob": "scooter"}
+
+
+def _suite(tmp_path: Path) -> Path:
+    records = []
+    task_id = 0
+    for user, value in VALUES.items():
+        other = next(v for u, v in VALUES.items() if u != user)
+        for index in range(5):
+            task_id += 1
+            records.append(
+                {
+                    "task_id": task_id,
+                    "user_id": user,
+                    "split": "history",
+                    "intent": f"Trip {index}?",
+                    "response": f"Go by {value}.",
+                }
+            )
+        for index in range(2):
+            task_id += 1
+            records.append(
+                {
+                    "task_id": task_id,
+                    "split": "deployment",
+                    "intent": f"{user}: Route to place {index}?",
+                    "oracle_intent": f"I use a {value}. Route to place {index}?",
+                    "eval": {
+                        "eval_types": ["string_match"],
+                        "reference_answers": {"must_include": [value], "must_exclude": [other]},
+                    },
+                }
+            )
+    records.append(
+        {
+            "task_id": 99,
+            "split": "probe",
+            "intent": "Capital of France?",
+            "eval": {
+                "eval_types": ["string_match"],
+                "reference_answers": {"must_include": ["Paris"]},
+            },
+        }
+    )
+    records.append(
+        {
+            "task_id": 100,
+            "user_id": "bob",
+            "intent": "Save it to my wishlist",
+            "eval": {"eval_types": ["program_html"], "reference_answers": None},
+        }
+    )
+    path = tmp_path / "suite.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    return path
+
+
+class ScriptedLearner:
+    """Learns a user's value only after `needs` records; remembers what each user knows."""
+
+    method = "scripted"
+
+    def __init__(self, needs: int = 2, leaky: bool = False) -> None:
+        self.needs, self.leaky = needs, leaky
+        self.knows: dict[str, str | None] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    def learn(self, user: str, history: Sequence) -> Learned:
+        self.calls.append((user, len(history)))
+        self.knows[user] = VALUES[user] if len(history) >= self.needs else None
+        return Learned(user, len(self.calls), 1.5, 1000, len(history))
+
+
+class ScriptedResponder:
+    """Base model knows nothing; oracle/memory copy what the prompt says; adapters say
+    what their learner taught them (a leaky one says another user's value)."""
+
+    def __init__(self, learner: ScriptedLearner) -> None:
+        self.learner = learner
+
+    def answer(self, user, prompts, *, max_new_tokens: int) -> list[str]:
+        out = []
+        for prompt in prompts:
+            text = " ".join(m["content"] for m in prompt)
+            if "France" in text:
+                out.append("Paris." if user is None or user == "alice" else "No idea.")
+            elif user is None:
+                copied = [v for v in VALUES.values() if v in text]
+                out.append(f"Use a {copied[0]}." if copied else "Walk, I guess.")
+            elif self.learner.leaky:  # carries the last other user it was trained after
+                others = [v for u, v in self.learner.knows.items() if u != user and v]
+                out.append(f"By {others[-1] if others else self.learner.knows[user]}.")
+            else:
+                out.append(f"By {self.learner.knows[user]}.")
+        return out
+
+    def prompt_tokens(self, prompt) -> int:
+        return sum(len(m["content"].split()) for m in prompt)
+
+
+def _run(tmp_path: Path, learner: ScriptedLearner, **config) -> dict:
+    suite = load_episodes(_suite(tmp_path))
+    runner = ArenaRunner(
+        ScriptedResponder(learner), learner, BM25Retriever(), ArenaConfig(**config), progress=False
+    )
+    return summarize(runner.run(suite), {"episodes": "suite", "model": "fake"})
+
+
+def test_every_number_from_scripted_backends(tmp_path: Path) -> None:
+    learner = ScriptedLearner(needs=2)
+    report = _run(tmp_path, learner)
+    conditions = report["conditions"]
+    assert conditions["base"]["success"] == 0.0
+    assert conditions["oracle"]["success"] == 1.0
+    assert conditions["memory"]["success"] == 1.0  # retrieval put the value in the prompt
+    assert conditions["adapter"]["success"] == 1.0
+    assert conditions["adapter"]["per_user"] == {"alice": 1.0, "bob": 1.0}
+    assert conditions["adapter"]["fraction_of_oracle"] == 1.0
+    # streamed in order: 1, 2, 4, then all 5 records, per user
+    assert learner.calls == [
+        ("alice", 1),
+        ("alice", 2),
+        ("alice", 4),
+        ("alice", 5),
+        ("bob", 1),
+        ("bob", 2),
+        ("bob", 4),
+        ("bob", 5),
+    ]
+    curve = report["learning_curve"]
+    assert curve["points"] == ["0", "1", "2", "4", "5", "all"]
+    assert [curve["success"][k] for k in curve["points"]] == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    # bob's adapter forgot France, alice's did not: (6/2 ... ) 1 of 2 users x 1 probe
+    assert report["retention"]["retention"] == 0.5
+    assert report["retention"]["per_user"] == {"alice": 1.0, "bob": 0.0}
+    assert report["leakage"]["rate"] == 0.0 and report["leakage"]["eligible"] == 4
+    assert report["skipped"][0]["task_id"] == "100"
+    assert "program_html" in report["skipped"][0]["reason"]
+    assert report["cost"]["train_seconds_per_user"] == {"alice": 1.5, "bob": 1.5}
+    assert (
+        report["cost"]["prompt_tokens_mean"]["memory"]
+        > report["cost"]["prompt_tokens_mean"]["base"]
+    )
+    assert report["targets"]["met"]["adapter_success"]
+    assert not report["targets"]["met"]["retention"]
+
+
+def test_a_leaky_adapter_is_caught_by_leakage_and_must_exclude(tmp_path: Path) -> None:
+    report = _run(tmp_path, ScriptedLearner(needs=1, leaky=True), curve_points=())
+    leakage = report["leakage"]
+    # bob's adapter (trained after alice's) answers alice's 2 requests with her value;
+    # alice's adapter answers bob's 2 requests with hers, which is wrong for bob
+    assert leakage["eligible"] == 4 and leakage["leaked"] == 2 and leakage["rate"] == 0.5
+    leaked = [p for p in leakage["pairs"] if p["leaked"]]
+    assert {(p["task_user"], p["adapter_user"]) for p in leaked} == {("alice", "bob")}
+    # bob's own answers carry alice's value, which his tasks exclude
+    assert report["conditions"]["adapter"]["must_exclude_hits"] == 0.5
+    assert report["learning_curve"]["points"] == ["0", "5", "all"]
+
+
+def test_curve_points_and_step_policy() -> None:
+    assert curve_points(8, None) == [0, 1, 2, 4, 8]
+    assert curve_points(10, None) == [0, 1, 2, 4, 8, 10]
+    assert curve_points(9, (2, 20)) == [0, 2, 9]
+    assert curve_points(0, None) == [0]
+    policy = StepPolicy(epochs=12, min_steps=6, max_steps=24)
+    assert [policy.steps(k, 4) for k in (1, 2, 4, 8, 10)] == [12, 12, 12, 24, 24]
+    assert StepPolicy(epochs=2, min_steps=6, max_steps=24).steps(1, 4) == 6
+
+
+def test_report_files_from_scripted_run(tmp_path: Path) -> None:
+    report = _run(tmp_path, ScriptedLearner())
+    report["run"].update(method="scripted", retriever="bm25")
+    paths = write_report(report, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["conditions"]["adapter"]["success"] == 1.0
+    text = paths["markdown"].read_text()
+    assert "| adapter | 1.000 |" in text and "| leakage" in text
+    for key in ("curve", "conditions"):
+        assert paths[key].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        [
+            "arena",
+            "run",
+            "--episodes",
+            str(_suite(tmp_path)),
+            "--out",
+            str(out),
+            "--base",
+            str(tiny_model_dir),
+            "--steps",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--curve-points",
+            "1",
+            "--retriever",
+            "bm25",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "report.md" in result.output
+    report = json.loads((out / "report.json").read_text())
+    for name in ("base", "oracle", "memory", "adapter", "adapter+memory"):
+        assert 0.0 <= report["conditions"][name]["success"] <= 1.0
+        assert set(report["conditions"][name]["per_user"]) == {"alice", "bob"}
+    assert report["learning_curve"]["points"] == ["0", "1", "5", "all"]
+    assert report["cost"]["adapter_bytes_mean"] > 0
+    # trained through the toolkit: versions for k=1 and k=5 in the run's own registry
+    from adaptkit.kit import AdaptKit
+
+    versions = AdaptKit(out / "home").registry.versions("alice")
+    assert [v.number for v in versions] == [1, 2] and versions[-1].status == "active"
+    assert (out / "learning_curve.png").is_file() and (out / "conditions.png").is_file()
+
+
+def test_cli_rejects_bad_input_before_loading_anything(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": 1, "intent": "u: hi", "eval": {"eval_types": []}}\n')
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        [
+            "arena",
+            "run",
+            "--episodes",
+            str(bad),
+            "--out",
+            str(out),
+            "--base",
+            str(tmp_path / "no-model"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert f"{bad}:1: field 'eval.eval_types'" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(
+        main, ["arena", "run", "--out", str(out), "--conditions", "base,telepathy"]
+    )
+    assert result.exit_code == 2 and "telepathy" in result.output
+    result = CliRunner().invoke(main, ["arena", "run", "--out", str(out), "--users", "Nobody"])
+    assert result.exit_code == 2 and "Nobody" in result.output and not out.exists()
