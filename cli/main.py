@@ -14,6 +14,7 @@ from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
 from adaptkit.training import LoraSpec, SFTConfig
 from adaptkit.cli.options import build, options_from
+from adaptkit.cli.arena import arena
 
 
 class _ErrorsAsMessages(click.Group):
@@ -173,6 +174,8 @@ def chat(prompt: str, user: str | None, max_new_tokens: int, base: str, quant: s
         kit.adapter_for(user)  # fail on an unknown user before loading the model
     click.echo(kit.chat(prompt, user=user, max_new_tokens=max_new_tokens))
 
+
+main.add_command(arena)
 
 if __name__ == "__main__":
     main()
