@@ -81,7 +81,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     help="memory retrieval: BM25, or MiniLM embeddings (packaged model)",
 )
 @click.option("--memory-k", default=3, show_default=True, help="history records in the prompt")
-@click.option("--max-new-tokens", default=40, show_default=True)
+@click.option("--max-new-tokens", default=32, show_default=True)
 @click.option(
     "--curve-points",
     default=None,

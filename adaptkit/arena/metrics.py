@@ -35,7 +35,7 @@ TARGETS = {
 
 
 def _rate(answers: list[Answer]) -> float | None:
-    return round(mean(a.passed for a in answers), 4) if answers else None
+    return round(float(mean(a.passed for a in answers)), 4) if answers else None
 
 
 def _per_user(answers: list[Answer], key: str = "task_user") -> dict[str, float | None]:

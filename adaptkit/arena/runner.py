@@ -6,11 +6,11 @@ Order of work (one shared base model throughout):
 1. prompt-only conditions (``base``, ``oracle``, ``memory``) for all users, batched,
    plus the probes on the base model;
 2. per user, the history streamed in timeline order: after the first k records
-   (k = 1, 2, 4, ..., n) the learner trains the user's adapter and the deployment
-   requests are answered with it (the learning curve; k = 0 is ``base``). After all
-   n records the final adapter also answers ``adapter+memory``, the probes, and the
-   previous user's requests (leakage). ``adapter`` answers are always made when any
-   adapter condition runs: they are the curve's last point.
+   (k = 1, 2, 4, ... while k <= n/2, then n) the learner trains the user's adapter
+   and the deployment requests are answered with it (the learning curve; k = 0 is
+   ``base``). After all n records the final adapter also answers ``adapter+memory``,
+   the probes, and the previous user's requests (leakage). ``adapter`` answers are
+   made whenever any adapter condition runs: they are the curve's last point.
 
 Everything is validated (episodes, users, conditions) before the model loads.
 """
@@ -35,7 +35,7 @@ from adaptkit.errors import InputError
 class ArenaConfig:
     conditions: tuple[str, ...] = tuple(CONDITIONS)
     memory_k: int = 3  # history records retrieved into the memory prompt
-    max_new_tokens: int = 40
+    max_new_tokens: int = 32
     curve_points: tuple[int, ...] | None = None  # None: 0, 1, 2, 4, ..., n
     batch_size: int = 16  # prompts per generation call of the prompt-only phase
     leakage: bool = True
@@ -85,10 +85,14 @@ class ArenaResult:
 
 
 def curve_points(n: int, requested: Sequence[int] | None) -> list[int]:
-    """0, 1, 2, 4, ... up to n, always ending at n (the final adapter)."""
+    """0, 1, 2, 4, ... doubling while k <= n / 2, then n (the final adapter).
+
+    Stopping the doubling at n / 2 spares a point (8 of 9, say) that costs a whole
+    training run and tells little beside the final one.
+    """
     if requested is None:
         points, k = [0], 1
-        while k < n:
+        while 2 * k <= n:
             points.append(k)
             k *= 2
     else:

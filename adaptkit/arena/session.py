@@ -41,7 +41,7 @@ class ArenaOptions:
     home: Path | None = None  # default OUT/home: the run owns its registry
     retriever: str = "bm25"
     memory_k: int = 3
-    max_new_tokens: int = 40
+    max_new_tokens: int = 32
     curve_points: tuple[int, ...] | None = None
     quick: bool = False
     lora: LoraSpec = field(default_factory=LoraSpec)

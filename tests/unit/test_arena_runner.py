@@ -135,21 +135,13 @@ def test_every_number_from_scripted_backends(tmp_path: Path) -> None:
     assert conditions["adapter"]["success"] == 1.0
     assert conditions["adapter"]["per_user"] == {"alice": 1.0, "bob": 1.0}
     assert conditions["adapter"]["fraction_of_oracle"] == 1.0
-    # streamed in order: 1, 2, 4, then all 5 records, per user
-    assert learner.calls == [
-        ("alice", 1),
-        ("alice", 2),
-        ("alice", 4),
-        ("alice", 5),
-        ("bob", 1),
-        ("bob", 2),
-        ("bob", 4),
-        ("bob", 5),
-    ]
+    # streamed in order: 1, 2 (doubling while k <= n/2), then all 5 records, per user
+    assert learner.calls == [("alice", 1), ("alice", 2), ("alice", 5),
+                             ("bob", 1), ("bob", 2), ("bob", 5)]  # fmt: skip
     curve = report["learning_curve"]
-    assert curve["points"] == ["0", "1", "2", "4", "5", "all"]
-    assert [curve["success"][k] for k in curve["points"]] == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
-    # bob's adapter forgot France, alice's did not: (6/2 ... ) 1 of 2 users x 1 probe
+    assert curve["points"] == ["0", "1", "2", "5", "all"]
+    assert [curve["success"][k] for k in curve["points"]] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    # bob's adapter forgot France, alice's did not: 1 of 2 users x 1 probe
     assert report["retention"]["retention"] == 0.5
     assert report["retention"]["per_user"] == {"alice": 1.0, "bob": 0.0}
     assert report["leakage"]["rate"] == 0.0 and report["leakage"]["eligible"] == 4
@@ -179,10 +171,12 @@ def test_a_leaky_adapter_is_caught_by_leakage_and_must_exclude(tmp_path: Path) -
 
 def test_curve_points_and_step_policy() -> None:
     assert curve_points(8, None) == [0, 1, 2, 4, 8]
-    assert curve_points(10, None) == [0, 1, 2, 4, 8, 10]
+    assert curve_points(10, None) == [0, 1, 2, 4, 10]
+    assert curve_points(16, None) == [0, 1, 2, 4, 8, 16]
     assert curve_points(9, (2, 20)) == [0, 2, 9]
     assert curve_points(0, None) == [0]
     policy = StepPolicy(epochs=12, min_steps=6, max_steps=24)
+    assert StepPolicy.for_budget(2).steps(8, 4) == 2
     assert [policy.steps(k, 4) for k in (1, 2, 4, 8, 10)] == [12, 12, 12, 24, 24]
     assert StepPolicy(epochs=2, min_steps=6, max_steps=24).steps(1, 4) == 6
 
