@@ -106,7 +106,9 @@ def _parse_feedback(raw: Any, path: Path, line: int) -> Feedback:
     if raw is None:
         return Feedback()
     if not isinstance(raw, dict):
-        raise LogFormatError(path, line, "feedback", f"expected an object, got {type(raw).__name__}")
+        raise LogFormatError(
+            path, line, "feedback", f"expected an object, got {type(raw).__name__}"
+        )
     rating = raw.get("rating")
     if rating is not None and (isinstance(rating, bool) or rating not in (1, -1)):
         raise LogFormatError(path, line, "feedback.rating", f"must be 1 or -1, got {rating!r}")
@@ -117,7 +119,9 @@ def _parse_feedback(raw: Any, path: Path, line: int) -> Feedback:
     }
     if ("chosen" in texts) != ("rejected" in texts):
         missing = "rejected" if "chosen" in texts else "chosen"
-        raise LogFormatError(path, line, f"feedback.{missing}", "chosen and rejected come as a pair")
+        raise LogFormatError(
+            path, line, f"feedback.{missing}", "chosen and rejected come as a pair"
+        )
     if "chosen" in texts and texts["chosen"].strip() == texts["rejected"].strip():
         raise LogFormatError(path, line, "feedback.rejected", "is the same text as chosen")
     return Feedback(rating=rating, **texts)
@@ -126,12 +130,17 @@ def _parse_feedback(raw: Any, path: Path, line: int) -> Feedback:
 def parse_record(record: Any, path: Path, line: int) -> Interaction:
     """Validate one decoded JSON value as an interaction."""
     if not isinstance(record, dict):
-        raise LogFormatError(path, line, None, f"expected a JSON object, got {type(record).__name__}")
+        raise LogFormatError(
+            path, line, None, f"expected a JSON object, got {type(record).__name__}"
+        )
     split = record.get("split", "history")
     if split != "history":
         raise LogFormatError(
-            path, line, "split", f"{split!r} records are not interactions (only 'history' is); "
-            "run episode files with `adaptkit arena run`"
+            path,
+            line,
+            "split",
+            f"{split!r} records are not interactions (only 'history' is); "
+            "run episode files with `adaptkit arena run`",
         )
 
     intent = record.get("intent")
@@ -168,7 +177,9 @@ def parse_record(record: Any, path: Path, line: int) -> Interaction:
     if response is not None:
         response = _string(response, path, line, "response")
     elif feedback.chosen is None:
-        raise LogFormatError(path, line, "response", "missing (only a chosen/rejected pair may omit it)")
+        raise LogFormatError(
+            path, line, "response", "missing (only a chosen/rejected pair may omit it)"
+        )
     return Interaction(user_id, messages, response, feedback, f"{path}:{line}")
 
 
@@ -185,7 +196,9 @@ def read_log(path: str | Path) -> list[Interaction]:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as error:
-                raise LogFormatError(path, line_number, None, f"invalid JSON ({error.msg})") from None
+                raise LogFormatError(
+                    path, line_number, None, f"invalid JSON ({error.msg})"
+                ) from None
             interactions.append(parse_record(record, path, line_number))
     if not interactions:
         raise LogFormatError(path, 0, None, "the log holds no interactions")

@@ -79,6 +79,4 @@ def generate(
         eos_token_id=[stop] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id else []),
         pad_token_id=pad_id,
     )
-    return [
-        tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output
-    ]
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]

@@ -29,7 +29,9 @@ def options_from(config_class: type) -> Callable[[Callable[..., Any]], Callable[
             command = click.option(
                 flag_name(field.name),
                 field.name,
-                type=_CLICK_TYPES[field.type if isinstance(field.type, str) else field.type.__name__],
+                type=_CLICK_TYPES[
+                    field.type if isinstance(field.type, str) else field.type.__name__
+                ],
                 default=field.default,
                 show_default=True,
                 help=field.metadata.get("help", ""),

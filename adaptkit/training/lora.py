@@ -21,7 +21,9 @@ class LoraSpec:
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale = alpha / rank)"})
     targets: str = field(
         default=ALL_LINEAR,
-        metadata={"help": "comma-separated module names, or 'all-linear' (every linear but lm_head)"},
+        metadata={
+            "help": "comma-separated module names, or 'all-linear' (every linear but lm_head)"
+        },
     )
 
     def __post_init__(self) -> None:

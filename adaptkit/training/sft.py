@@ -30,7 +30,9 @@ class SFTConfig:
     steps: int = field(default=60, metadata={"help": "optimizer steps"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     batch_size: int = field(default=4, metadata={"help": "examples per step"})
-    max_length: int = field(default=384, metadata={"help": "tokens kept per example (from the end)"})
+    max_length: int = field(
+        default=384, metadata={"help": "tokens kept per example (from the end)"}
+    )
     seed: int = field(default=0, metadata={"help": "random seed (example order, init)"})
 
     def __post_init__(self) -> None:

@@ -27,8 +27,12 @@ def test_train_publish_versions_activate_chat(tiny: list[str], home: Path) -> No
     result = run("train", "--user", "alice", "--log", str(EXAMPLES / "alice.jsonl"), *FAST, *tiny)
     assert result.exit_code == 0, result.output
     assert "published alice v1 (active)" in result.output
-    assert run("train", "--user", "alice", "--log", str(EXAMPLES / "alice.jsonl"), *FAST,
-               *tiny).exit_code == 0
+    assert (
+        run(
+            "train", "--user", "alice", "--log", str(EXAMPLES / "alice.jsonl"), *FAST, *tiny
+        ).exit_code
+        == 0
+    )
     listing = run("versions", "alice", "--home", str(home)).output.splitlines()
     assert [line.split()[:2] for line in listing] == [["v1", "retired"], ["v2", "active"]]
     assert "parent v1" in listing[1]
@@ -40,8 +44,9 @@ def test_train_publish_versions_activate_chat(tiny: list[str], home: Path) -> No
     assert (home / "adapters" / "alice" / "v2" / "adapter_model.safetensors").is_file()
 
 
-def test_malformed_log_exits_2_and_writes_nothing(tiny: list[str], home: Path,
-                                                  tmp_path: Path) -> None:
+def test_malformed_log_exits_2_and_writes_nothing(
+    tiny: list[str], home: Path, tmp_path: Path
+) -> None:
     good = (EXAMPLES / "alice.jsonl").read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join([good[0], good[1], '{"user": "alice", "prompt": 5, "response": "x"}']))
@@ -72,8 +77,9 @@ def test_log_without_that_user_names_the_flag(tiny: list[str]) -> None:
 
 
 def test_bad_hyperparameter_names_the_flag(tiny: list[str]) -> None:
-    result = run("train", "--user", "alice", "--log", str(EXAMPLES / "alice.jsonl"),
-                 "--rank", "0", *tiny)
+    result = run(
+        "train", "--user", "alice", "--log", str(EXAMPLES / "alice.jsonl"), "--rank", "0", *tiny
+    )
     assert result.exit_code == 2 and "--rank must be a positive integer" in result.output
 
 

@@ -1,4 +1,4 @@
-"""The interaction-log format: every valid form parses, every malformed line names file/line/field."""
+"""The interaction-log format: valid forms parse; malformed lines name file, line, field."""
 
 from __future__ import annotations
 
@@ -51,10 +51,21 @@ def test_rejected_response_is_not_a_target_but_its_edit_is(tmp_path: Path) -> No
 def test_episode_history_records_are_log_lines(tmp_path: Path) -> None:
     log = write_log(
         tmp_path,
-        {"task_id": 1, "split": "history", "intent": "User01: How long to the library?",
-         "response": "By bicycle, 12 minutes.", "sites": ["map"]},
-        {"task_id": 2, "user_id": "User02", "intent": "Which forum?", "observation": "Forums: a, b",
-         "response": "b", "feedback": {"rating": 1}},
+        {
+            "task_id": 1,
+            "split": "history",
+            "intent": "User01: How long to the library?",
+            "response": "By bicycle, 12 minutes.",
+            "sites": ["map"],
+        },
+        {
+            "task_id": 2,
+            "user_id": "User02",
+            "intent": "Which forum?",
+            "observation": "Forums: a, b",
+            "response": "b",
+            "feedback": {"rating": 1},
+        },
     )
     first, second = read_log(log)
     assert first.user_id == "User01"
@@ -91,11 +102,23 @@ def test_digest_depends_on_content_not_on_file(tmp_path: Path) -> None:
         ({**GOOD, "feedback": {"chosen": "a", "rejected": "a"}}, "feedback.rejected", "same"),
         ({**GOOD, "feedback": "great"}, "feedback", "expected an object"),
         ({"user": "alice", "messages": [], "response": "y"}, "messages", "non-empty"),
-        ({"user": "alice", "messages": [{"role": "bot", "content": "x"}], "response": "y"},
-         "messages[0].role", "not one of"),
-        ({"user": "alice", "messages": [{"role": "user", "content": "x"},
-                                        {"role": "assistant", "content": "y"}], "response": "y"},
-         "messages", "last message"),
+        (
+            {"user": "alice", "messages": [{"role": "bot", "content": "x"}], "response": "y"},
+            "messages[0].role",
+            "not one of",
+        ),
+        (
+            {
+                "user": "alice",
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "y"},
+                ],
+                "response": "y",
+            },
+            "messages",
+            "last message",
+        ),
         ({**GOOD, "split": "deployment"}, "split", "not interactions"),
     ],
 )

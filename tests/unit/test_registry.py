@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 
 from adaptkit.errors import InvalidUserIdError, UnknownUserError, UnknownVersionError
 from adaptkit.home import Home
@@ -29,8 +29,14 @@ def stage(registry: Registry, user: str, value: float) -> Path:
 
 def publish(registry: Registry, user: str, value: float, **kwargs):
     return registry.publish(
-        user, stage(registry, user, value), method="sft", base_model="tiny",
-        data_digest="d" * 64, metrics={"loss_last": value}, config={}, **kwargs,
+        user,
+        stage(registry, user, value),
+        method="sft",
+        base_model="tiny",
+        data_digest="d" * 64,
+        metrics={"loss_last": value},
+        config={},
+        **kwargs,
     )
 
 
@@ -45,7 +51,9 @@ def test_publish_records_blob_hash_lineage_and_active_version(tmp_path: Path) ->
     assert registry.active_version("alice").number == 2
     statuses = [v.status for v in registry.versions("alice")]
     assert statuses == [RETIRED, ACTIVE]
-    assert [(u.id, u.active_version, u.version_count) for u in registry.users()] == [("alice", 2, 2)]
+    assert [(u.id, u.active_version, u.version_count) for u in registry.users()] == [
+        ("alice", 2, 2)
+    ]
     # The registry survives a reopen: it is real SQLite on disk.
     assert make_registry(tmp_path).active_version("alice").blob_sha256 == second.blob_sha256
 
@@ -103,6 +111,13 @@ def test_staged_blob_must_be_complete(tmp_path: Path) -> None:
     staged = registry.blobs.staging_dir("alice")
     (staged / ADAPTER_CONFIG).write_text("{}")
     with pytest.raises(FileNotFoundError, match=ADAPTER_WEIGHTS):
-        registry.publish(staged=staged, user_id="alice", method="sft", base_model="tiny",
-                         data_digest="", metrics={}, config={})
+        registry.publish(
+            staged=staged,
+            user_id="alice",
+            method="sft",
+            base_model="tiny",
+            data_digest="",
+            metrics={},
+            config={},
+        )
     assert registry.users() == []

@@ -29,7 +29,7 @@ def test_labels_cover_exactly_the_assistant_answer(tiny_base) -> None:
     messages = [{"role": "user", "content": "How far is the zoo?"}]
     input_ids, labels = encode_example(tokenizer, messages, "About 4 km by bike.", 256)
     assert len(input_ids) == len(labels)
-    answer = [t for t, label in zip(input_ids, labels) if label != -100]
+    answer = [t for t, label in zip(input_ids, labels, strict=True) if label != -100]
     assert answer[-1] == end_of_turn_id(tokenizer)
     assert tokenizer.decode(answer[:-1]) == "About 4 km by bike."
     prompt = tokenizer.decode(input_ids[: len(input_ids) - len(answer)])
@@ -42,15 +42,25 @@ def test_sft_lowers_loss_saves_peft_format_and_restores_base(tiny_base, tmp_path
     out = tmp_path / "adapter"
     out.mkdir()
     trained = train_sft(
-        tiny_base, interactions, LoraSpec(rank=4, alpha=8),
-        SFTConfig(steps=60, lr=3e-2, batch_size=4), out, progress=False,
+        tiny_base,
+        interactions,
+        LoraSpec(rank=4, alpha=8),
+        SFTConfig(steps=60, lr=3e-2, batch_size=4),
+        out,
+        progress=False,
     )
     assert trained.metrics["loss_last"] < 0.7 * trained.metrics["loss_first"]
     assert trained.metrics["examples"] == 14  # the rated -1 line has an edit, so it counts
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["peft_type"] == "LORA"
     assert set(config["target_modules"]) == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     }
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())
