@@ -15,7 +15,9 @@ import hashlib
 import json
 import math
 import re
+import struct
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,10 +62,12 @@ class AdapterWeights:
     @property
     def nbytes(self) -> int:
         """Bytes of tensor storage this adapter keeps alive (what the RAM tier budgets)."""
-        return sum(
-            w.A.untyped_storage().nbytes() + w.B.untyped_storage().nbytes()
+        storages = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
             for w in self.modules.values()
-        )
+            for t in (w.A, w.B)
+        }
+        return sum(storages.values())
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,43 @@ def _check_config(config: dict[str, Any], label: str) -> None:
         raise AdapterError(f"{label}: " + "; ".join(problems))
 
 
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptkit-sha256")
+
+
+def _read_file(path: Path) -> bytearray:
+    """The whole file in one buffer (which the fp32 tensors below then share)."""
+    buffer = bytearray(path.stat().st_size)
+    view, filled = memoryview(buffer), 0
+    with path.open("rb", buffering=0) as handle:
+        while filled < len(buffer):
+            got = handle.readinto(view[filled:])
+            if not got:
+                break
+            filled += got
+    return buffer
+
+
+def _parse_safetensors(blob: bytearray) -> tuple[dict[str, torch.Tensor], bool]:
+    """(tensors, all values finite). An all-fp32 file (what PEFT saves for an fp32
+    base) becomes views into ``blob``: no copy, one finiteness check over all values.
+    Anything else goes through safetensors and is converted to fp32."""
+    (length,) = struct.unpack_from("<Q", blob, 0)
+    header = json.loads(bytes(blob[8 : 8 + length]))
+    header.pop("__metadata__", None)
+    start = 8 + length
+    if start % 4 == 0 and all(info["dtype"] == "F32" for info in header.values()):
+        flat = torch.frombuffer(blob, dtype=torch.float32, offset=start)
+        tensors = {}
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            tensors[name] = flat[begin // 4 : end // 4].view(info["shape"])
+        # A nan or inf anywhere makes the sum non-finite: one pass, no mask allocated.
+        # (A non-finite sum of finite values, i.e. overflow, is sorted out per module.)
+        return tensors, bool(torch.isfinite(flat.sum()))
+    tensors = {k: v.float().contiguous() for k, v in load_safetensors(bytes(blob)).items()}
+    return tensors, all(bool(torch.isfinite(t).all()) for t in tensors.values())
+
+
 def read_adapter(
     path: Path,
     *,
@@ -130,16 +171,19 @@ def read_adapter(
             f"{sorted(base_aliases)[0]!r}; use an adapter trained on this base"
         )
 
-    # One read serves both the integrity check and the parse.
-    blob = weights_file.read_bytes()
-    sha256 = hashlib.sha256(blob).hexdigest()
+    # One read serves both the integrity check and the parse; the sha256 runs on a
+    # second thread (hashlib releases the GIL) while this one parses and checks values.
+    blob = _read_file(weights_file)
+    digest = _HASHER.submit(lambda: hashlib.sha256(blob).hexdigest())
+    try:
+        tensors, finite = _parse_safetensors(blob)
+    finally:
+        sha256 = digest.result()
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise AdapterError(
             f"{label}: {weights_file} does not match its recorded sha256 (blob changed or "
             "corrupt); activate another version"
         )
-    tensors = load_safetensors(blob)
-    del blob
 
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
@@ -171,7 +215,7 @@ def read_adapter(
                 f"{tuple(B.shape)}, but the base layer is {shape.in_features} -> "
                 f"{shape.out_features}: the adapter was built for a different base model"
             )
-        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+        if not finite and not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise AdapterError(f"{label}: module {module!r} has non-finite (nan/inf) weights")
         declared = int(_pattern_value(config.get("rank_pattern") or {}, module, rank_default))
         if declared != rank:
@@ -180,8 +224,6 @@ def read_adapter(
             )
         alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, alpha_default))
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-        # contiguous() gives each tensor its own compact storage, so the byte count is
-        # exact and dropping the adapter frees exactly that memory.
         modules[module] = LoraWeights(A.contiguous(), B.contiguous(), scale)
     if not modules:
         raise AdapterError(f"{label}: {weights_file} holds no LoRA weights")

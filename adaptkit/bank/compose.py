@@ -10,6 +10,7 @@ where the engine serves it like any other.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -24,7 +25,12 @@ from adaptkit.base_model import BaseModel
 from adaptkit.errors import InputError
 from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
+EQUAL_RANK = ("ties", "dare_ties", "dare_linear")  # PEFT refuses mixed ranks for these
 COMBINATIONS = ("ties", "dare_ties", "dare_linear", "ties_svd", "dare_ties_svd", "svd", "cat")
+
+
+def _rank(path: Path) -> int:
+    return int(json.loads((path / ADAPTER_CONFIG).read_text()).get("r", 8))
 
 
 def build_weighted_adapter(
@@ -54,6 +60,14 @@ def build_weighted_adapter(
             raise InputError(f"adapter {str(path)!r} is not a PEFT adapter directory")
         if not math.isfinite(weight):
             raise InputError(f"weight of adapter {str(path)!r} is {weight}; use a finite number")
+    if combination_type in EQUAL_RANK:
+        ranks = {str(path): _rank(Path(path)) for path, _ in sources}
+        if len(set(ranks.values())) > 1:
+            listed = ", ".join(f"{path} (r={rank})" for path, rank in ranks.items())
+            raise InputError(
+                f"combination_type {combination_type!r} needs adapters of the same rank; got "
+                f"{listed}. Use a *_svd variant or 'cat' for mixed ranks"
+            )
     if any(isinstance(m, MultiLoraLinear) for m in base.model.modules()):
         raise InputError("close the Engine that holds this base model before building offline")
     output = Path(output_dir)
