@@ -27,8 +27,8 @@ from adaptkit.training.lora import LoraSpec
 class SFTConfig:
     """Optimisation settings. Field names are the CLI flags (``--steps`` ...)."""
 
-    steps: int = field(default=60, metadata={"help": "optimizer steps"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    steps: int = field(default=40, metadata={"help": "optimizer steps"})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
     batch_size: int = field(default=4, metadata={"help": "examples per step"})
     max_length: int = field(
         default=384, metadata={"help": "tokens kept per example (from the end)"}
