@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from adaptkit.cli.options import build, options_from
 
 from adaptkit.arena.backends import METHODS
 from adaptkit.arena.conditions import CONDITIONS, parse_conditions
 from adaptkit.arena.retrieval import RETRIEVERS
 from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
 from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
+from adaptkit.cli.options import build, options_from
 from adaptkit.errors import InputError
 from adaptkit.training import LoraSpec, SFTConfig
 
@@ -88,6 +88,12 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     help="history sizes k for the learning curve [default: 1,2,4,...; 2 with --quick]",
 )
 @click.option("--quick", is_flag=True, help="3 users, one curve point: a few minutes")
+@click.option(
+    "--threads",
+    default=0,
+    show_default=True,
+    help="torch CPU threads (0: torch's default); 1 is faster on a busy shared CPU",
+)
 @options_from(LoraSpec)
 @click.option(
     "--steps",
@@ -112,6 +118,7 @@ def run(
     max_new_tokens: int,
     curve_points: str | None,
     quick: bool,
+    threads: int,
     steps: int,
     lr: float,
     batch_size: int,
@@ -133,6 +140,7 @@ def run(
         max_new_tokens=max_new_tokens,
         curve_points=_ints(curve_points, "--curve-points"),
         quick=quick,
+        threads=threads,
         lora=build(LoraSpec, values),
         sft=SFTConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed),
     )
