@@ -302,15 +302,15 @@ def _row_deltas(
     if rank == 0:
         return None
     shape = wrapper.shape
-    A = torch.zeros(len(rows), rank, shape.in_features)
-    B = torch.zeros(len(rows), shape.out_features, rank)
+    At = torch.zeros(len(rows), shape.in_features, rank)
+    Bt = torch.zeros(len(rows), rank, shape.out_features)
     scale = torch.zeros(len(rows), 1, rank)
     for i, pieces in enumerate(per_row):
         offset = 0
         for lora, weight in pieces:
             end = offset + lora.rank
-            A[i, offset:end] = lora.A
-            B[i, :, offset:end] = lora.B
+            At[i, :, offset:end] = lora.A.T
+            Bt[i, offset:end] = lora.B.T
             scale[i, 0, offset:end] = lora.scale * weight
             offset = end
-    return RowDeltas(A, B, scale)
+    return RowDeltas(At, Bt, scale)

@@ -37,8 +37,10 @@ class SharedDelta:
 
 @dataclass(frozen=True)
 class RowDeltas:
-    A: torch.Tensor  # (rows, rank, in)
-    B: torch.Tensor  # (rows, out, rank)
+    # Stored transposed and contiguous: bmm on CPU is several times slower on
+    # transposed views than on contiguous (batch, k, n) operands.
+    At: torch.Tensor  # (rows, in, rank)
+    Bt: torch.Tensor  # (rows, rank, out)
     scale: torch.Tensor  # (rows, 1, rank); zero columns pad rows with a smaller total rank
 
 
@@ -57,13 +59,12 @@ class MultiLoraLinear(nn.Module):
         delta = self.delta
         if delta is None:
             return result
-        x = x.to(delta.A.dtype)
         if isinstance(delta, SharedDelta):
-            hidden = F.linear(x, delta.A) * delta.scale
+            hidden = F.linear(x.to(delta.A.dtype), delta.A) * delta.scale
             return result + F.linear(hidden, delta.B).to(result.dtype)
         # x: (rows, tokens, in) -> (rows, tokens, rank) -> (rows, tokens, out)
-        hidden = torch.bmm(x, delta.A.transpose(1, 2)) * delta.scale
-        return result + torch.bmm(hidden, delta.B.transpose(1, 2)).to(result.dtype)
+        hidden = torch.bmm(x.to(delta.At.dtype), delta.At) * delta.scale
+        return result + torch.bmm(hidden, delta.Bt).to(result.dtype)
 
 
 def _is_adaptable(name: str, module: nn.Module, skip: frozenset[str]) -> bool:
