@@ -20,11 +20,32 @@ from typing import Protocol
 
 from adaptkit.arena.episodes import HistoryRecord
 from adaptkit.errors import InputError
+from adaptkit.interactions import Interaction, Message
 from adaptkit.kit import AdaptKit
 from adaptkit.prompting import encode_prompt
 from adaptkit.training import LoraSpec, SFTConfig
 
-METHODS = ("sft",)
+METHODS = ("sft", "sft-anchor")
+
+# Replay for "sft-anchor": everyday requests no user's habit applies to, answered by the
+# base model itself. Training on them next to the history anchors the adapter to the
+# base's behaviour off the user's habits (less forgetting, less pasting habits into
+# unrelated answers). Deliberately unlike the probes, which measure that forgetting.
+ANCHOR_PROMPTS = (
+    "Give me a synonym for 'happy'.",
+    "What is 15 plus 27?",
+    "Name three primary colours.",
+    "Explain what a noun is in one sentence.",
+    "Who wrote Romeo and Juliet?",
+    "Tell me a fun fact about octopuses.",
+    "How do I boil an egg?",
+    "What is the freezing point of water in Celsius?",
+    "Suggest a name for a pet goldfish.",
+    "What does a thermometer measure?",
+    "List two benefits of regular exercise.",
+    "Why do leaves change colour in autumn?",
+)
+ANCHOR_MAX_NEW_TOKENS = 48
 Messages = list[dict[str, str]]
 
 
@@ -121,6 +142,22 @@ class KitLearner:
         self.config = config or SFTConfig()
         self.policy = policy or StepPolicy.for_budget(self.config.steps)
         self.progress = progress
+        self._anchors: list[tuple[str, str]] | None = None
+
+    def anchors(self) -> list[tuple[str, str]]:
+        """(request, the base model's own answer), computed once per learner."""
+        if self._anchors is None:
+            answers = self.kit.chat_many(
+                list(ANCHOR_PROMPTS), user=None, max_new_tokens=ANCHOR_MAX_NEW_TOKENS
+            )
+            self._anchors = list(zip(ANCHOR_PROMPTS, answers, strict=True))
+        return self._anchors
+
+    def _replay(self, user: str, count: int) -> list[Interaction]:
+        return [
+            Interaction(user, (Message("user", request),), answer, source="anchor")
+            for request, answer in self.anchors()[:count]
+        ]
 
     def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned:
         if not history:
@@ -128,6 +165,10 @@ class KitLearner:
         steps = self.policy.steps(len(history), self.config.batch_size)
         config = replace(self.config, steps=steps)
         interactions = [record.interaction for record in history]
+        if self.method == "sft-anchor":
+            # One anchor per history record (at most all of them): the mix stays half
+            # the user's own data however long the history is.
+            interactions += self._replay(user, len(history))
         version = self.kit.train(
             user, interactions, lora=self.lora, config=config, progress=self.progress
         )

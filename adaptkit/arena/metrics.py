@@ -118,34 +118,31 @@ def _leakage(result: ArenaResult) -> dict[str, Any]:
 
 
 def _curve(result: ArenaResult) -> dict[str, Any]:
+    """Per user: k = 0 (base), each intermediate k, and "all" (the final adapter)."""
     per_user: dict[str, dict[str, float | None]] = {}
-    finals: list[Answer] = []
     for user in result.users:
-        points: dict[str, float | None] = {}
-        base = [a for a in result.answers if a.condition == "base" and a.task_user == user]
-        points["0"] = _rate(base)
-        adapted = [
-            a
-            for a in result.answers
-            if a.condition in ("curve", "adapter")
-            and a.adapter_user == user
-            and a.task_user == user
-        ]
-        for k in sorted({a.k for a in adapted}):
-            points[str(k)] = _rate([a for a in adapted if a.k == k])
-        finals += [a for a in adapted if a.condition == "adapter"]
+        mine = [a for a in result.answers if a.task_user == user]
+        points: dict[str, float | None] = {"0": _rate([a for a in mine if a.condition == "base"])}
+        curve = [a for a in mine if a.condition == "curve" and a.adapter_user == user]
+        for k in sorted({a.k for a in curve}):
+            points[str(k)] = _rate([a for a in curve if a.k == k])
+        final = [a for a in mine if a.condition == "adapter" and a.adapter_user == user]
+        if final:
+            points["all"] = _rate(final)
         per_user[user] = points
-    keys = sorted({k for points in per_user.values() for k in points}, key=int)
+    keys = sorted({k for p in per_user.values() for k in p if k != "all"}, key=int)
+    keys += ["all"] if any("all" in p for p in per_user.values()) else []
     success = {}
     for key in keys:
         values = [p[key] for p in per_user.values() if p.get(key) is not None]
         success[key] = round(mean(values), 4) if values else None
-    success["all"] = _rate(finals)
+    sizes = {user: len(result.suite.history.get(user, ())) for user in result.users}
     return {
-        "points": keys + ["all"],
+        "points": keys,
         "success": success,
         "per_user": per_user,
-        "note": "success on the deployment requests after learning from the first k "
+        "history_records": sizes,
+        "note": "mean over users of deployment success after learning from the first k "
         "history records (0 = base model; 'all' = each user's whole history)",
     }
 

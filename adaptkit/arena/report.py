@@ -104,14 +104,24 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def plot_curve(summary: dict[str, Any], path: Path) -> None:
     curve = summary["learning_curve"]
-    numeric = [k for k in curve["points"] if k != "all" and curve["success"].get(k) is not None]
+    longest = max(curve["history_records"].values(), default=1)
+
+    def x(key: str, user: str | None = None) -> int:
+        # "all" sits at the user's history size (the longest one for the mean).
+        if key != "all":
+            return int(key)
+        return curve["history_records"][user] if user else longest
+
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for points in curve["per_user"].values():
-        ks = [int(k) for k in points if points[k] is not None]
-        ax.plot(ks, [points[str(k)] for k in ks], color="#e65100", alpha=0.18, lw=1)
+    for user, points in curve["per_user"].items():
+        keys = [k for k in points if points[k] is not None]
+        ax.plot(
+            [x(k, user) for k in keys], [points[k] for k in keys], color="#e65100", alpha=0.2, lw=1
+        )
+    keys = [k for k in curve["points"] if curve["success"].get(k) is not None]
     ax.plot(
-        [int(k) for k in numeric],
-        [curve["success"][k] for k in numeric],
+        [x(k) for k in keys],
+        [curve["success"][k] for k in keys],
         "o-",
         color="#e65100",
         lw=2.2,
@@ -127,14 +137,13 @@ def plot_curve(summary: dict[str, Any], path: Path) -> None:
                 label=name,
             )
     ax.set_xscale("symlog", linthresh=1)
-    ticks = [int(k) for k in numeric]
-    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xticks([x(k) for k in keys], [f"all ({longest})" if k == "all" else k for k in keys])
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("history records learned from (k)")
     ax.set_ylabel("deployment success")
     ax.set_title("Learning curve (thin lines: individual users)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

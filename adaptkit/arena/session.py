@@ -65,11 +65,19 @@ class ArenaOptions:
 
 def run_arena(options: ArenaOptions) -> dict[str, Path]:
     """Run the arena and write ``report.json``, ``report.md`` and plots into ``options.out``."""
-    started = time.perf_counter()
+    previous = torch.get_num_threads()
     if options.threads > 0:
         # On a CPU shared with other jobs, torch's OpenMP threads stall on each other at
         # every barrier; one thread was 3-15x faster per training step there.
         torch.set_num_threads(options.threads)
+    try:
+        return _run(options)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(options: ArenaOptions) -> dict[str, Path]:
+    started = time.perf_counter()
     config = ArenaConfig(
         conditions=options.conditions,
         memory_k=options.memory_k,

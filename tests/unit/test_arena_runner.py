@@ -8,7 +8,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from adaptkit.cli.main import main
 from click.testing import CliRunner
 
 from adaptkit.arena import ArenaConfig, ArenaRunner, BM25Retriever, Learned, load_episodes
@@ -16,6 +15,7 @@ from adaptkit.arena.backends import StepPolicy
 from adaptkit.arena.metrics import summarize
 from adaptkit.arena.report import write_report
 from adaptkit.arena.runner import curve_points
+from adaptkit.cli.main import main
 
 VALUES = {"alice": "bicycle", "bob": "scooter"}
 
@@ -139,8 +139,8 @@ def test_every_number_from_scripted_backends(tmp_path: Path) -> None:
     assert learner.calls == [("alice", 1), ("alice", 2), ("alice", 5),
                              ("bob", 1), ("bob", 2), ("bob", 5)]  # fmt: skip
     curve = report["learning_curve"]
-    assert curve["points"] == ["0", "1", "2", "5", "all"]
-    assert [curve["success"][k] for k in curve["points"]] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert curve["points"] == ["0", "1", "2", "all"]
+    assert [curve["success"][k] for k in curve["points"]] == [0.0, 0.0, 1.0, 1.0]
     # bob's adapter forgot France, alice's did not: 1 of 2 users x 1 probe
     assert report["retention"]["retention"] == 0.5
     assert report["retention"]["per_user"] == {"alice": 1.0, "bob": 0.0}
@@ -166,7 +166,7 @@ def test_a_leaky_adapter_is_caught_by_leakage_and_must_exclude(tmp_path: Path) -
     assert {(p["task_user"], p["adapter_user"]) for p in leaked} == {("alice", "bob")}
     # bob's own answers carry alice's value, which his tasks exclude
     assert report["conditions"]["adapter"]["must_exclude_hits"] == 0.5
-    assert report["learning_curve"]["points"] == ["0", "5", "all"]
+    assert report["learning_curve"]["points"] == ["0", "all"]
 
 
 def test_curve_points_and_step_policy() -> None:
@@ -221,7 +221,7 @@ def test_cli_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) 
     for name in ("base", "oracle", "memory", "adapter", "adapter+memory"):
         assert 0.0 <= report["conditions"][name]["success"] <= 1.0
         assert set(report["conditions"][name]["per_user"]) == {"alice", "bob"}
-    assert report["learning_curve"]["points"] == ["0", "1", "5", "all"]
+    assert report["learning_curve"]["points"] == ["0", "1", "all"]
     assert report["cost"]["adapter_bytes_mean"] > 0
     # trained through the toolkit: versions for k=1 and k=5 in the run's own registry
     from adaptkit.kit import AdaptKit
@@ -257,3 +257,20 @@ def test_cli_rejects_bad_input_before_loading_anything(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "telepathy" in result.output
     result = CliRunner().invoke(main, ["arena", "run", "--out", str(out), "--users", "Nobody"])
     assert result.exit_code == 2 and "Nobody" in result.output and not out.exists()
+
+
+def test_sft_anchor_replays_the_base_models_own_answers(tmp_path: Path, tiny_model_dir: Path):
+    from adaptkit.arena import KitLearner
+    from adaptkit.arena.backends import ANCHOR_MAX_NEW_TOKENS, ANCHOR_PROMPTS
+    from adaptkit.kit import AdaptKit
+    from adaptkit.training import SFTConfig
+
+    kit = AdaptKit(tmp_path / "home", base=str(tiny_model_dir))
+    history = load_episodes(_suite(tmp_path)).history["alice"][:3]
+    learner = KitLearner(kit, method="sft-anchor", config=SFTConfig(steps=2))
+    learned = learner.learn("alice", history)
+    assert learned.examples == 6  # 3 history records + 3 anchors
+    base_answers = kit.chat_many(list(ANCHOR_PROMPTS[:3]), max_new_tokens=ANCHOR_MAX_NEW_TOKENS)
+    assert [answer for _, answer in learner.anchors()[:3]] == base_answers
+    plain = KitLearner(kit, method="sft", config=SFTConfig(steps=2)).learn("alice", history)
+    assert plain.examples == 3 and plain.version == learned.version + 1
