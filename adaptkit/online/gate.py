@@ -31,7 +31,7 @@ class GateConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.min_retention <= 1:
             raise InputError(f"min_retention must be in [0, 1], got {self.min_retention}")
-        if not math.isfinite(self.user_tolerance) or self.user_tolerance < 0:
+        if math.isnan(self.user_tolerance) or self.user_tolerance < 0:  # inf: no user check
             raise InputError(f"user_tolerance must be >= 0, got {self.user_tolerance}")
 
 

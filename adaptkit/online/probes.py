@@ -6,10 +6,9 @@ Two measurements:
   a probe passes when every ``must_include`` alternative set matches);
 * ``agreement``: the gate's fast version. The base model's own correct answers are
   fixed once (``ProbeSuite.prepare``); a candidate keeps a probe when, fed the base's
-  answer, its argmax at every position up to the end of the checked string is the
-  base's token. That is exactly "greedy decoding would still print the checked
-  prefix", in one batched forward instead of a generation; it never counts a wrong
-  answer as kept (it may miss a right answer worded differently: conservative).
+  answer up to the checked string ("The capital of France is"), its argmax on each
+  token of that string (" Paris") is the base's token: the fact is still there. One
+  batched forward instead of a generation per probe.
 
 ``retention`` = probes kept / probes the base answers correctly. The default set is
 what SmolLM2-135M-Instruct gets right; any model's own correct answers can be used.
@@ -73,14 +72,19 @@ class PreparedProbe:
     probe: Probe
     prompt_ids: tuple[int, ...]
     answer_ids: tuple[int, ...]  # the base model's greedy answer tokens
-    checked: int  # how many answer tokens must agree (through the checked string)
+    first: int  # answer tokens [first, checked) spell the checked string: they must agree
+    checked: int
 
 
-def _checked_prefix(tokenizer, probe: Probe, answer_ids: list[int]) -> int | None:
-    """Fewest answer tokens whose decoding already passes the probe's check."""
-    for n in range(1, len(answer_ids) + 1):
-        if probe.passes(tokenizer.decode(answer_ids[:n], skip_special_tokens=True)):
-            return n
+def _checked_span(tokenizer, probe: Probe, answer_ids: list[int]) -> tuple[int, int] | None:
+    """The shortest token span [first, end) of the answer that passes the probe's check."""
+    decode = tokenizer.decode
+    for end in range(1, len(answer_ids) + 1):
+        if probe.passes(decode(answer_ids[:end], skip_special_tokens=True)):
+            first = end - 1
+            while not probe.passes(decode(answer_ids[first:end], skip_special_tokens=True)):
+                first -= 1
+            return first, end
     return None
 
 
@@ -103,9 +107,9 @@ class ProbeSuite:
         prepared = []
         for probe, prompt_ids, answer in zip(self.probes, prompts, answers, strict=True):
             answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-            checked = _checked_prefix(tokenizer, probe, answer_ids)
-            if checked is not None:
-                prepared.append(PreparedProbe(probe, tuple(prompt_ids), tuple(answer_ids), checked))
+            span = _checked_span(tokenizer, probe, answer_ids)
+            if span is not None:
+                prepared.append(PreparedProbe(probe, tuple(prompt_ids), tuple(answer_ids), *span))
         self.prepared = prepared
         # Keep only probes on which the base itself agrees under teacher forcing (ties in
         # the argmax could otherwise make the base fail its own check).
@@ -117,7 +121,8 @@ class ProbeSuite:
     def _agreeing(self, model) -> list[bool]:
         if not self.prepared:
             return []
-        rows = [list(p.prompt_ids) + list(p.answer_ids) for p in self.prepared]
+        # Only up to the checked string: later tokens cannot change the verdict.
+        rows = [list(p.prompt_ids) + list(p.answer_ids[: p.checked]) for p in self.prepared]
         width = max(len(r) for r in rows)
         ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
@@ -125,8 +130,9 @@ class ProbeSuite:
         result = []
         for row, p in enumerate(self.prepared):
             start = len(p.prompt_ids) - 1  # logits at t predict token t+1
-            want = torch.tensor(p.answer_ids[: p.checked])
-            result.append(bool((predicted[row, start : start + p.checked] == want).all()))
+            want = torch.tensor(p.answer_ids[p.first : p.checked])
+            got = predicted[row, start + p.first : start + p.checked]
+            result.append(bool((got == want).all()))
         return result
 
     def agreement(self, model) -> float:

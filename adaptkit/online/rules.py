@@ -259,10 +259,16 @@ def retrieve(history: Sequence[Example], query: str, k: int) -> list[Example]:
     """The ``k`` history examples whose prompts best match ``query`` (BM25)."""
     if not history or k <= 0:
         return []
-    from rank_bm25 import BM25Okapi
+    import re
 
-    corpus = [e.messages[-1]["content"].lower().split() for e in history]
-    scores = BM25Okapi(corpus).get_scores(query.lower().split())
+    # BM25+ : its idf stays positive on the tiny corpora of a new user (Okapi's is 0 there).
+    from rank_bm25 import BM25Plus
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    corpus = [words(e.messages[-1]["content"]) for e in history]
+    scores = BM25Plus(corpus).get_scores(words(query))
     order = sorted(range(len(history)), key=lambda i: -scores[i])
     return [history[i] for i in order[:k]]
 

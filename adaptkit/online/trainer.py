@@ -44,6 +44,10 @@ from adaptkit.training import LoraSpec
 log = logging.getLogger(__name__)
 HELD_OUT = "held-out"
 HOLDABLE = ("accept", "up", "edit", "pair")  # events that say what the right answer is
+# New users' adapters: attention q/v only (the LoRA paper's choice) -- a third of all-linear's
+# parameters, so each update is cheaper and moves general ability less. A user whose active
+# version has another shape (e.g. `adaptkit train`, all-linear) is warm-started in that shape.
+ONLINE_LORA = LoraSpec(rank=8, alpha=16.0, targets="q_proj,v_proj")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class OnlineTrainer:
         self.base_name = base_name or base.name
         self.config = config or OnlineConfig()
         self.rule = build_rule(self.config.method, beta=self.config.beta)
-        self.slot = AdapterSlot(base, lora or LoraSpec())
+        self.slot = AdapterSlot(base, lora or ONLINE_LORA)
         suite = gate.probes if gate is not None else (probes or ProbeSuite())
         if suite.base_accuracy is None:  # not prepared on this base yet
             with self.slot.model.disable_adapter():
@@ -175,12 +179,23 @@ class OnlineTrainer:
             return UpdateResult(
                 user_id, None, None, rejected, error=str(error), seconds=time.perf_counter() - began
             )
+        timings["train"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         verdict = self.gate.check(self.slot, heldout, reference_loss, self.config.max_length)
+        timings["gate"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         version = self._publish(
             user_id, active, batch, outcomes, verdict, step_losses, len(selection.examples)
         )
+        timings["publish"] = time.perf_counter() - mark
         return UpdateResult(
-            user_id, version, verdict, outcomes, step_losses, time.perf_counter() - began
+            user_id,
+            version,
+            verdict,
+            outcomes,
+            step_losses,
+            time.perf_counter() - began,
+            timings=timings,
         )
 
     def _publish(self, user_id, active, batch, outcomes, verdict, step_losses, n_examples):
@@ -319,6 +334,12 @@ class OnlineTrainer:
                 continue
             if result is not None and self.log.pending(user_id, limit=1).events:
                 self.notify(user_id)  # more arrived while this step ran
+
+    def close(self) -> None:
+        """Stop the worker and take the LoRA layers off the base model."""
+        self.stop()
+        with self._lock:
+            self.slot.model.unload()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until no user has pending events (or ``timeout``); True when idle."""

@@ -1,0 +1,272 @@
+"""Online learning benchmark: 20 rounds of feedback from a user who always cycles.
+
+    python benchmarks/online.py --json OUT.json      # also writes OUT.png next to it
+
+Two conditions on the packaged SmolLM2-135M-Instruct, same stream, same seeds:
+
+* ``anchored``: the OnlineTrainer defaults (replay + KL to the base on general prompts,
+  the gate with probe retention >= 0.95 and held-back interactions);
+* ``plain_sft``: SFT on each batch alone: no replay, no anchor, no gate (every version
+  is promoted) -- the setting in which repeated internalization is reported to collapse.
+
+Per round, 4 feedback events (edits of car answers into bicycle answers, accepts and
+thumbs-up of bicycle answers) are recorded and one update runs. Measured:
+
+* ``update_latency_s_p50``: from recording the batch of 4 events to the new version
+  being the user's active one in the registry (which the next request resolves);
+* ``user_success``: share of 10 held-back travel requests whose greedy answer mentions
+  cycling (bicycle|bike|cycl), after rounds 0 (base), 1, 2, 4, ... 20;
+* ``retention``: probe accuracy (greedy answers, string checks) relative to the base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from adaptkit.base_model import DEFAULT_BASE, load_base  # noqa: E402
+from adaptkit.errors import UnknownUserError  # noqa: E402
+from adaptkit.home import Home  # noqa: E402
+from adaptkit.online import (  # noqa: E402
+    FeedbackEvent,
+    Gate,
+    GateConfig,
+    OnlineConfig,
+    OnlineTrainer,
+    ProbeSuite,
+)
+from adaptkit.prompting import as_messages, generate  # noqa: E402
+from adaptkit.registry import Registry  # noqa: E402
+
+PLACES = [
+    "library",
+    "dentist",
+    "office",
+    "train station",
+    "farmers market",
+    "museum",
+    "gym",
+    "bakery",
+    "post office",
+    "park",
+    "cinema",
+    "pharmacy",
+    "bank",
+    "school",
+    "hospital",
+    "town hall",
+    "swimming pool",
+    "bookshop",
+    "hardware store",
+    "community garden",
+]
+HELD_BACK = [
+    "How long does it take me to get to the airport?",
+    "What is the best way for me to get to the zoo?",
+    "How should I get to my friend's house across town?",
+    "How do I get to the concert hall tonight?",
+    "How long is my trip to the beach?",
+    "What's the quickest way to the stadium for me?",
+    "How do I get to the university campus?",
+    "How long will it take me to reach the shopping mall?",
+    "How should I travel to the art gallery?",
+    "How do I get to the city centre from home?",
+]
+CYCLING = "bicycle |OR| bike |OR| cycl"
+
+
+def stream(rounds: int, per_round: int) -> list[dict]:
+    """Feedback records: (prompt, served response, kind, edit text)."""
+    records = []
+    for i in range(rounds * per_round):
+        place = PLACES[i % len(PLACES)]
+        minutes = 8 + (i * 7) % 25
+        prompt = [
+            f"How long will it take me to get to the {place}?",
+            f"How do I get to the {place}?",
+            f"What's the best way for me to go to the {place}?",
+        ][i % 3]
+        bike = f"By bicycle from Lexington it takes about {minutes} minutes; there is a bike rack."
+        car = f"By car it takes about {minutes // 2 + 3} minutes."
+        kind = ("edit", "accept", "edit", "up")[i % 4]
+        served = car if kind == "edit" else bike
+        records.append({"prompt": prompt, "response": served, "kind": kind, "text": bike})
+    return records
+
+
+def passes(answer: str) -> bool:
+    text = answer.lower()
+    return any(alt.strip() in text for alt in CYCLING.split(" |OR| "))
+
+
+def evaluate(trainer: OnlineTrainer, user: str, probes: ProbeSuite) -> dict[str, float]:
+    """Greedy answers with the user's active version (the base when it has none)."""
+    try:
+        active = trainer.registry.active_version(user)
+    except UnknownUserError:
+        active = None  # no feedback yet: the base model answers
+    trainer.slot.load(active)
+    model = trainer.slot.model
+    tokenizer = trainer.base.tokenizer
+    conversations = [as_messages(p) for p in HELD_BACK]
+    if active is None:
+        with model.disable_adapter():
+            answers = generate(model, tokenizer, conversations, max_new_tokens=24)
+            accuracy = probes.generation_accuracy(model, tokenizer)
+    else:
+        answers = generate(model, tokenizer, conversations, max_new_tokens=24)
+        accuracy = probes.generation_accuracy(model, tokenizer)
+    return {
+        "user_success": sum(map(passes, answers)) / len(answers),
+        "probe_accuracy": accuracy,
+        "example": answers[0],
+    }
+
+
+def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args) -> dict:
+    root = Path(tempfile.mkdtemp(prefix=f"online-{name}-"))
+    home = Home(root).ensure()
+    registry = Registry(home.registry_url, home.adapters_dir)
+    probes = ProbeSuite()
+    trainer = OnlineTrainer(
+        registry, base, base_name=DEFAULT_BASE, config=config, gate=Gate(probes, gate)
+    )
+    user = "alice"
+    records = stream(args.rounds, 4)
+    curve = {"round": [], "user_success": [], "retention": [], "examples": []}
+    base_eval = evaluate(trainer, user, probes)
+    base_accuracy = base_eval["probe_accuracy"]
+
+    def point(round_number: int, result: dict) -> None:
+        curve["round"].append(round_number)
+        curve["user_success"].append(result["user_success"])
+        curve["retention"].append(result["probe_accuracy"] / max(base_accuracy, 1e-9))
+        curve["examples"].append(result["example"])
+        print(
+            f"[{name}] round {round_number:2d}: success {result['user_success']:.2f} "
+            f"retention {curve['retention'][-1]:.2f}  e.g. {result['example'][:70]!r}",
+            flush=True,
+        )
+
+    point(0, base_eval)
+    latencies, promoted_latencies, timings, reasons = [], [], [], []
+    for round_number in range(1, args.rounds + 1):
+        batch = records[(round_number - 1) * 4 : round_number * 4]
+        started = time.perf_counter()
+        for record in batch:
+            request = trainer.log.record_request(user, record["prompt"], record["response"])
+            text = record["text"] if record["kind"] == "edit" else None
+            trainer.log.record(FeedbackEvent(user, record["kind"], request.id, text=text))
+        result = trainer.update(user)
+        elapsed = time.perf_counter() - started
+        latencies.append(elapsed)
+        if result.promoted:
+            promoted_latencies.append(elapsed)
+        timings.append(result.timings)
+        reasons.append(result.gate.reason if result.gate else (result.error or "no update"))
+        if round_number in args.eval_rounds:
+            point(round_number, evaluate(trainer, user, probes))
+    trainer.close()  # the base model is shared with the next condition
+    phases = {key: statistics.median(t.get(key, 0.0) for t in timings) for key in timings[0]}
+    return {
+        "curve": curve,
+        "latency_s_p50": statistics.median(latencies),
+        "latency_promoted_s_p50": statistics.median(promoted_latencies)
+        if promoted_latencies
+        else None,
+        "phase_s_p50": phases,
+        "promoted": sum(r.startswith("promoted") for r in reasons),
+        "gate_reasons": reasons,
+        "base_probe_accuracy": base_accuracy,
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, result in results.items():
+        curve = result["curve"]
+        left.plot(curve["round"], curve["user_success"], marker="o", label=name)
+        right.plot(curve["round"], curve["retention"], marker="o", label=name)
+    left.set(title="user success on held-back requests", xlabel="update round", ylim=(-0.05, 1.05))
+    right.set(title="probe retention vs base", xlabel="update round", ylim=(0, 1.3))
+    right.axhline(0.95, color="grey", linestyle="--", linewidth=1, label="floor 0.95")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True, help="write results here (+ .png)")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="home whose models/ holds (or can convert) the base model",
+    )
+    parser.add_argument("--base", default=DEFAULT_BASE)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--conditions", default="anchored,plain_sft")
+    args = parser.parse_args()
+    args.eval_rounds = {1, 2} | set(range(4, args.rounds + 1, 4)) | {args.rounds}
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model_home = Home(args.home or Path(tempfile.mkdtemp(prefix="online-models-"))).ensure()
+    base = load_base(args.base, home=model_home)
+
+    conditions = {
+        "anchored": (OnlineConfig(), GateConfig()),
+        "plain_sft": (
+            OnlineConfig(replay=0, anchor_prompts=0, kl_weight=0.0, holdout_every=0),
+            GateConfig(min_retention=0.0, user_tolerance=float("inf")),
+        ),
+    }
+    results = {}
+    started = time.perf_counter()
+    for name in args.conditions.split(","):
+        config, gate = conditions[name]
+        results[name] = run_condition(name, config, gate, base, args)
+    anchored = results.get("anchored", next(iter(results.values())))
+    output = {
+        "model": args.base,
+        "rounds": args.rounds,
+        "events_per_round": 4,
+        "threads": torch.get_num_threads(),
+        "update_latency_s_p50": anchored["latency_s_p50"],
+        "retention_after_20_updates": anchored["curve"]["retention"][-1],
+        "user_success_after_20_updates": anchored["curve"]["user_success"][-1],
+        "user_success_curve": {
+            "round": anchored["curve"]["round"],
+            "success": anchored["curve"]["user_success"],
+        },
+        "conditions": results,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if "plain_sft" in results:
+        plain = results["plain_sft"]["curve"]
+        output["plain_sft_retention_after_20_updates"] = plain["retention"][-1]
+        output["plain_sft_user_success_after_20_updates"] = plain["user_success"][-1]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(output, indent=2))
+    plot(results, args.json.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in output.items() if k != "conditions"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
