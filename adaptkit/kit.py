@@ -1,8 +1,8 @@
 """``AdaptKit``: the Python API app code uses (the CLI is a thin layer over it).
 
-    kit = AdaptKit(home="~/.adaptkit")
-    kit.train("alice", "users/examples/alice.jsonl")
-    kit.chat("How do I get to the museum?", user="alice")
+kit = AdaptKit(home="~/.adaptkit")
+kit.train("alice", "users/examples/alice.jsonl")
+kit.chat("How do I get to the museum?", user="alice")
 """
 
 from __future__ import annotations
@@ -58,13 +58,17 @@ class AdaptKit:
         config: SFTConfig | None = None,
         activate: bool = True,
         progress: bool = True,
+        method: str = "sft",
     ) -> VersionInfo:
         """Train an adapter on ``user``'s interactions and publish it as their next version.
 
         ``log`` is a path to an interaction log or already-parsed interactions. The
-        whole log is validated first; lines of other users are ignored.
+        whole log is validated first; lines of other users are ignored. ``method``:
+        sft | dpo | kto | distill (see ``adaptkit.online.rules``).
         """
         validate_user_id(user)
+        if method not in ("sft", "dpo", "kto", "distill"):
+            raise InputError(f"--method {method!r} is not one of sft, dpo, kto, distill")
         lora = lora or LoraSpec()
         config = config or SFTConfig()
         interactions = read_log(log) if isinstance(log, (str, os.PathLike)) else list(log)
@@ -77,11 +81,18 @@ class AdaptKit:
             )
         staging = self.registry.blobs.staging_dir(user)
         try:
-            trained = train_sft(self.base, mine, lora, config, staging, progress=progress)
+            if method == "sft":
+                trained = train_sft(self.base, mine, lora, config, staging, progress=progress)
+            else:
+                from adaptkit.online.offline import train_with_rule
+
+                trained = train_with_rule(
+                    self.base, mine, method, lora, config, staging, progress=progress
+                )
             return self.registry.publish(
                 user,
                 trained.directory,
-                method="sft",
+                method=method,
                 base_model=self.base_name,
                 data_digest=interactions_digest(mine),
                 metrics=trained.metrics,
@@ -131,12 +142,14 @@ class AdaptKit:
         """Answer several prompts for one user (or the base model) in one batch."""
         conversations = [as_messages(p) for p in prompts]
         if user is None:
-            return generate(self.base.model, self.base.tokenizer, conversations,
-                            max_new_tokens=max_new_tokens)
+            return generate(
+                self.base.model, self.base.tokenizer, conversations, max_new_tokens=max_new_tokens
+            )
         version = self.adapter_for(user)
         peft_model = PeftModel.from_pretrained(self.base.model, version.blob_path)
         try:
-            return generate(peft_model, self.base.tokenizer, conversations,
-                            max_new_tokens=max_new_tokens)
+            return generate(
+                peft_model, self.base.tokenizer, conversations, max_new_tokens=max_new_tokens
+            )
         finally:
             peft_model.unload()

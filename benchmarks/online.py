@@ -176,6 +176,19 @@ def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args)
         reasons.append(result.gate.reason if result.gate else (result.error or "no update"))
         if round_number in args.eval_rounds:
             point(round_number, evaluate(trainer, user, probes))
+            # Partial results survive an interrupted run.
+            partial = args.json.with_suffix(f".{name}.partial.json")
+            partial.write_text(
+                json.dumps(
+                    {
+                        "curve": curve,
+                        "latencies": latencies,
+                        "timings": timings,
+                        "reasons": reasons,
+                    },
+                    indent=2,
+                )
+            )
     trainer.close()  # the base model is shared with the next condition
     phases = {key: statistics.median(t.get(key, 0.0) for t in timings) for key in timings[0]}
     return {
@@ -224,8 +237,9 @@ def main() -> None:
     parser.add_argument("--base", default=DEFAULT_BASE)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--conditions", default="anchored,plain_sft")
+    parser.add_argument("--eval-every", type=int, default=5, help="rounds between evaluations")
     args = parser.parse_args()
-    args.eval_rounds = {1, 2} | set(range(4, args.rounds + 1, 4)) | {args.rounds}
+    args.eval_rounds = set(range(args.eval_every, args.rounds + 1, args.eval_every)) | {args.rounds}
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model_home = Home(args.home or Path(tempfile.mkdtemp(prefix="online-models-"))).ensure()
     base = load_base(args.base, home=model_home)

@@ -10,11 +10,12 @@ from typing import Any
 import click
 
 from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
+from adaptkit.cli.arena import arena
+from adaptkit.cli.feedback import feedback
+from adaptkit.cli.options import build, options_from
 from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
 from adaptkit.training import LoraSpec, SFTConfig
-from adaptkit.cli.options import build, options_from
-from adaptkit.cli.arena import arena
 
 
 class _ErrorsAsMessages(click.Group):
@@ -35,11 +36,16 @@ home_option = click.option(
     help="adaptkit home (registry, adapters, model cache) [default: $ADAPTKIT_HOME or ~/.adaptkit]",
 )
 base_option = click.option(
-    "--base", default=DEFAULT_BASE, show_default=True,
+    "--base",
+    default=DEFAULT_BASE,
+    show_default=True,
     help="base model: catalogue name, local directory or Hugging Face id",
 )
 quant_option = click.option(
-    "--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True,
+    "--quant",
+    type=click.Choice(QUANT_CHOICES),
+    default="none",
+    show_default=True,
     help="quantize the base model on load (bitsandbytes)",
 )
 
@@ -95,22 +101,44 @@ def base_info(name: str, quant: str, home: Path | None) -> None:
 @main.command()
 @click.option("--user", required=True, help="the user whose adapter to train")
 @click.option(
-    "--log", "log_path", required=True, type=click.Path(path_type=Path),
+    "--log",
+    "log_path",
+    required=True,
+    type=click.Path(path_type=Path),
     help="interaction log (JSON Lines; format in the README)",
 )
 @options_from(LoraSpec)
 @options_from(SFTConfig)
-@click.option("--activate/--no-activate", default=True, show_default=True,
-              help="make the new version the one that serves the user")
+@click.option(
+    "--method",
+    type=click.Choice(["sft", "dpo", "kto", "distill"]),
+    default="sft",
+    show_default=True,
+    help="update rule (README, 'Online learning')",
+)
+@click.option(
+    "--activate/--no-activate",
+    default=True,
+    show_default=True,
+    help="make the new version the one that serves the user",
+)
 @base_option
 @quant_option
 @home_option
-def train(user: str, log_path: Path, activate: bool, base: str, quant: str,
-          home: Path | None, **values: Any) -> None:
+def train(
+    user: str,
+    log_path: Path,
+    method: str,
+    activate: bool,
+    base: str,
+    quant: str,
+    home: Path | None,
+    **values: Any,
+) -> None:
     """Train USER's adapter from a log and publish it as a new version."""
     lora, config = build(LoraSpec, values), build(SFTConfig, values)
     kit = AdaptKit(home, base=base, quant=quant)
-    version = kit.train(user, log_path, lora=lora, config=config, activate=activate)
+    version = kit.train(user, log_path, lora=lora, config=config, activate=activate, method=method)
     metrics = version.metrics
     click.echo(
         f"published {user} v{version.number} ({version.status}): "
@@ -166,8 +194,9 @@ def activate(user: str, version: int, home: Path | None) -> None:
 @base_option
 @quant_option
 @home_option
-def chat(prompt: str, user: str | None, max_new_tokens: int, base: str, quant: str,
-         home: Path | None) -> None:
+def chat(
+    prompt: str, user: str | None, max_new_tokens: int, base: str, quant: str, home: Path | None
+) -> None:
     """Answer PROMPT with USER's adapter, or with the base model when --user is absent."""
     kit = AdaptKit(home, base=base, quant=quant)
     if user is not None:
@@ -176,6 +205,7 @@ def chat(prompt: str, user: str | None, max_new_tokens: int, base: str, quant: s
 
 
 main.add_command(arena)
+main.add_command(feedback)
 
 if __name__ == "__main__":
     main()
