@@ -63,9 +63,10 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option(
     "--method",
     type=click.Choice(METHODS),
-    default="sft",
+    default="sft-anchor",
     show_default=True,
-    help="how each user's adapter learns from their history",
+    help="how each user's adapter learns from their history: sft on it, or sft-anchor "
+    "(sft with replay of the base model's own answers to unrelated requests)",
 )
 @click.option(
     "--home",

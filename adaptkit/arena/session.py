@@ -39,7 +39,7 @@ class ArenaOptions:
     users: tuple[str, ...] = ()  # empty: every user with deployment requests
     base: str = DEFAULT_BASE
     quant: str = "none"
-    method: str = "sft"
+    method: str = "sft-anchor"
     home: Path | None = None  # default OUT/home: the run owns its registry
     retriever: str = "bm25"
     memory_k: int = 3
