@@ -6,8 +6,8 @@ Definitions (also in docs/episodes.md):
   counts once) and per user; ``fraction_of_oracle`` = success / oracle success.
 - retention: probe success with the users' final adapters (every user x probe)
   divided by probe success of the base model.
-- leakage: user A's request answered with user B's adapter (B = the user before A
-  in the run's order). A pair counts (is *eligible*) when A's answer is wrong for
+- leakage: user A's request answered with user B's adapter (B = the user after A
+  in the run, cyclically). A pair counts (is *eligible*) when A's answer is wrong for
   B: the base model fails the request (it needs A's personal knowledge) and none
   of B's history answers passes A's checks. It *leaks* when B's adapter passes
   A's checks anyway. leakage = leaked / eligible.
