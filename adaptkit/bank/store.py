@@ -143,6 +143,9 @@ class AdapterBank:
         self.verify_sha256 = verify_sha256
         self.cache = ByteLRU(cache_bytes)
         self._latest: dict[str, Hashable] = {}  # user or shared name -> its newest cached key
+        # Blobs whose sha256 was checked, with the file's identity then: re-loading one
+        # after eviction skips re-hashing unless the file was replaced or touched since.
+        self._verified: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -189,23 +192,36 @@ class AdapterBank:
 
     def load_user(self, version: VersionInfo) -> AdapterWeights:
         """The compute-ready adapter of one registry version (RAM hit or cold load from disk)."""
-        label = f"user {version.user_id!r} v{version.number}"
         if version.base_model != self.base_name:
             raise AdapterError(
-                f"{label} was trained on base {version.base_model!r}, but this engine serves "
-                f"{self.base_name!r}"
+                f"user {version.user_id!r} v{version.number} was trained on base "
+                f"{version.base_model!r}, but this engine serves {self.base_name!r}"
             )
         return self._get(
-            f"user:{version.user_id}",
-            self.user_key(version),
-            lambda: read_adapter(
-                Path(version.blob_path),
-                label=label,
-                shapes=self.shapes,
-                base_aliases=self.base_aliases,
-                expected_sha256=version.blob_sha256 if self.verify_sha256 else None,
-            ),
+            f"user:{version.user_id}", self.user_key(version), lambda: self._read_user(version)
         )
+
+    def _read_user(self, version: VersionInfo) -> AdapterWeights:
+        path = Path(version.blob_path)
+        weights = path / ADAPTER_WEIGHTS
+        try:
+            stat = weights.stat()
+            identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        except FileNotFoundError:
+            identity = (0, 0, 0, 0)
+        expected = version.blob_sha256 if self.verify_sha256 else None
+        if self._verified.get(weights) == (identity, version.blob_sha256):
+            expected = None  # verified before and not replaced or modified since
+        adapter = read_adapter(
+            path,
+            label=f"user {version.user_id!r} v{version.number}",
+            shapes=self.shapes,
+            base_aliases=self.base_aliases,
+            expected_sha256=expected,
+        )
+        if expected is not None:
+            self._verified[weights] = (identity, expected)
+        return adapter
 
     def shared_key(self, name: str) -> SharedKey:
         stat = (self.shared_path(name) / ADAPTER_WEIGHTS).stat()

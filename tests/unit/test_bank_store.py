@@ -12,7 +12,6 @@ import pytest
 import torch
 from bank_support import make_lora_dir, publish_dir
 from safetensors.torch import load_file, save_file
-from tiny_model import make_tiny_model_dir
 
 from adaptkit.bank import AdapterError, AdapterWeights, ByteLRU, CacheFullError, Engine, Request
 from adaptkit.bank.adapter import LoraWeights
@@ -20,6 +19,7 @@ from adaptkit.base_model import load_base
 from adaptkit.home import Home
 from adaptkit.registry import Registry
 from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from tiny_model import make_tiny_model_dir
 
 
 def fake_adapter(label: str, rank: int, width: int = 256) -> AdapterWeights:
@@ -191,3 +191,31 @@ def test_unsupported_peft_features_are_refused(setup, tmp_path: Path) -> None:
         pytest.raises(AdapterError, match="shared adapter 'dora': use_dora"),
     ):
         engine.generate([Request("hi", compose={"dora": 1.0})])
+
+
+def test_reload_rehashes_only_a_blob_that_changed_since_it_was_verified(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptkit.bank import adapter as adapter_module
+
+    home, registry, base, model_dir = setup
+    blob = _user(registry, base, model_dir, tmp_path, "vera", rank=2)
+    hashed = []
+    real_sha256 = adapter_module.hashlib.sha256
+    monkeypatch.setattr(
+        adapter_module.hashlib, "sha256", lambda data: hashed.append(1) or real_sha256(data)
+    )
+    with Engine(base, registry, shared_dir=tmp_path) as engine:
+        engine.bank.load_user_active("vera")
+        assert len(hashed) == 1
+        engine.bank.evict("vera")
+        engine.bank.load_user_active("vera")  # unchanged file: verified before, not re-hashed
+        assert len(hashed) == 1
+        engine.bank.evict("vera")
+        tensors = load_file(blob / ADAPTER_WEIGHTS)
+        key = next(k for k in tensors if "lora_B" in k)
+        tensors[key] = tensors[key] + 1.0  # same size, different bytes
+        save_file(tensors, blob / ADAPTER_WEIGHTS)
+        with pytest.raises(AdapterError, match="user 'vera' v1.*sha256"):
+            engine.bank.load_user_active("vera")
+        assert len(hashed) == 2
