@@ -71,7 +71,9 @@ class Engine:
     """Serves a batch of requests of different users in one forward per generated token.
 
     The engine takes over ``base.model`` while open (its linear layers are wrapped);
-    ``close()`` (or ``with Engine(...)``) gives it back unchanged.
+    ``close()`` (or ``with Engine(...)``) gives it back unchanged. One ``generate`` at a
+    time: the layers hold the current batch's adapters, so calls must not overlap
+    (serve concurrent requests by batching them into one call).
     """
 
     def __init__(

@@ -56,7 +56,7 @@ class Router:
         """The plan for one request on its own (``plan_batch`` may upgrade it to merged)."""
         requested = dict(request.compose or {})
         check_weights(requested, "compose")
-        check_weights({"user": request.user_weight}, "user_weight")
+        check_weights({str(request.user): request.user_weight}, "user_weight")
         compose = requested or dict(self.policy.default_compose)
         why_compose = "request's compose" if requested else "policy's default_compose"
 
