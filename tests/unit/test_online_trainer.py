@@ -227,3 +227,34 @@ def test_background_worker_coalesces_events_that_arrive_during_a_step(registry, 
         assert trainer.failures == {}
     finally:
         trainer.close()
+
+
+def test_published_blob_serves_exactly_what_was_trained(
+    registry, tiny_base, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Parity with PEFT: the blob loaded by PeftModel gives the slot's logits."""
+    from peft import PeftModel
+
+    from adaptkit.online.slot import encode_rows
+
+    trainer = make_trainer(registry, tiny_base)
+    try:
+        feedback(trainer, 2)
+        version = trainer.update("alice").version
+        trainer.slot.load(version)
+        encoded = encode_rows(
+            tiny_base.tokenizer, [(({"role": "user", "content": "hi"},), "By bicycle.")], 64
+        )
+        with torch.no_grad():
+            ours = trainer.slot.logits(encoded)
+            fresh = load_base(str(tiny_model_dir), home=Home(tmp_path / "other"))
+            served = PeftModel.from_pretrained(fresh.model, version.blob_path)
+            theirs = served(
+                input_ids=encoded.input_ids, attention_mask=encoded.attention_mask
+            ).logits
+            with served.disable_adapter():
+                plain = served(input_ids=encoded.input_ids).logits
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        assert not torch.allclose(theirs, plain, atol=1e-4)  # the adapter does something
+    finally:
+        trainer.close()
