@@ -190,17 +190,22 @@ def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args)
                 )
             )
     trainer.close()  # the base model is shared with the next condition
-    phases = {key: statistics.median(t.get(key, 0.0) for t in timings) for key in timings[0]}
+    return summarize(
+        {"curve": curve, "latencies": latencies, "timings": timings, "reasons": reasons}
+    )
+
+
+def summarize(raw: dict) -> dict:
+    """Medians and counts of one condition's per-round records."""
+    latencies, timings, reasons = raw["latencies"], raw["timings"], raw["reasons"]
+    promoted = [t for t, r in zip(latencies, reasons, strict=True) if r.startswith("promoted")]
     return {
-        "curve": curve,
+        "curve": raw["curve"],
         "latency_s_p50": statistics.median(latencies),
-        "latency_promoted_s_p50": statistics.median(promoted_latencies)
-        if promoted_latencies
-        else None,
-        "phase_s_p50": phases,
-        "promoted": sum(r.startswith("promoted") for r in reasons),
+        "latency_promoted_s_p50": statistics.median(promoted) if promoted else None,
+        "phase_s_p50": {k: statistics.median(t.get(k, 0.0) for t in timings) for k in timings[0]},
+        "promoted": len(promoted),
         "gate_reasons": reasons,
-        "base_probe_accuracy": base_accuracy,
     }
 
 
@@ -238,11 +243,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--conditions", default="anchored,plain_sft")
     parser.add_argument("--eval-every", type=int, default=5, help="rounds between evaluations")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="run nothing: combine the OUT.<condition>.partial.json files "
+        "of runs made with --conditions (e.g. one condition per process)",
+    )
     args = parser.parse_args()
     args.eval_rounds = set(range(args.eval_every, args.rounds + 1, args.eval_every)) | {args.rounds}
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    model_home = Home(args.home or Path(tempfile.mkdtemp(prefix="online-models-"))).ensure()
-    base = load_base(args.base, home=model_home)
+    results = {}
+    started = time.perf_counter()
+    if args.merge:
+        for name in args.conditions.split(","):
+            raw = json.loads(args.json.with_suffix(f".{name}.partial.json").read_text())
+            results[name] = summarize(raw)
+    else:
+        model_home = Home(args.home or Path(tempfile.mkdtemp(prefix="online-models-"))).ensure()
+        base = load_base(args.base, home=model_home)
 
     conditions = {
         "anchored": (OnlineConfig(), GateConfig()),
@@ -251,9 +268,7 @@ def main() -> None:
             GateConfig(min_retention=0.0, user_tolerance=float("inf")),
         ),
     }
-    results = {}
-    started = time.perf_counter()
-    for name in args.conditions.split(","):
+    for name in [] if args.merge else args.conditions.split(","):
         config, gate = conditions[name]
         results[name] = run_condition(name, config, gate, base, args)
     anchored = results.get("anchored", next(iter(results.values())))
