@@ -304,6 +304,18 @@ def _row_deltas(
     if rank == 0:
         return None
     shape = wrapper.shape
+    if all(len(pieces) <= 1 for pieces in per_row) and all(
+        pieces[0][0].rank == rank for pieces in per_row if pieces
+    ):
+        # The common case, one adapter (or none) per row: one stacking copy per tensor.
+        zero_A, zero_B = torch.zeros(rank, shape.in_features), torch.zeros(shape.out_features, rank)
+        As = [pieces[0][0].A if pieces else zero_A for pieces in per_row]
+        Bs = [pieces[0][0].B if pieces else zero_B for pieces in per_row]
+        scales = [pieces[0][0].scale * pieces[0][1] if pieces else 0.0 for pieces in per_row]
+        At = torch.stack([A.T for A in As])
+        Bt = torch.stack([B.T for B in Bs])
+        scale = torch.tensor(scales).view(-1, 1, 1).expand(-1, 1, rank).contiguous()
+        return RowDeltas(At, Bt, scale)
     At = torch.zeros(len(rows), shape.in_features, rank)
     Bt = torch.zeros(len(rows), rank, shape.out_features)
     scale = torch.zeros(len(rows), 1, rank)
