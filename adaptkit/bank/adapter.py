@@ -138,7 +138,7 @@ def _parse_safetensors(blob: bytearray) -> tuple[dict[str, torch.Tensor], bool]:
         # numpy, single-threaded: torch's 2-thread reduction of 10 MB stalls for tens of
         # ms on a busy machine, waiting for its second thread.
         values = numpy.frombuffer(blob, dtype=numpy.float32, offset=start)
-        return tensors, bool(numpy.isfinite(values.sum(dtype=numpy.float64)))
+        return tensors, bool(numpy.isfinite(values.sum()))
     tensors = {k: v.float().contiguous() for k, v in load_safetensors(bytes(blob)).items()}
     return tensors, all(bool(torch.isfinite(t).all()) for t in tensors.values())
 
