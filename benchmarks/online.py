@@ -244,6 +244,12 @@ def main() -> None:
     parser.add_argument("--conditions", default="anchored,plain_sft")
     parser.add_argument("--eval-every", type=int, default=5, help="rounds between evaluations")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default; 1 on a box shared with others)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="run nothing: combine the OUT.<condition>.partial.json files "
@@ -251,6 +257,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.eval_rounds = set(range(args.eval_every, args.rounds + 1, args.eval_every)) | {args.rounds}
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {}
     started = time.perf_counter()
     if args.merge:
