@@ -209,6 +209,14 @@ def summarize(raw: dict) -> dict:
     }
 
 
+def at_round(result: dict, key: str, round_number: int) -> float | None:
+    """The curve's value after ``round_number`` updates; None if the run stopped earlier."""
+    curve = result["curve"]
+    return (
+        curve[key][curve["round"].index(round_number)] if round_number in curve["round"] else None
+    )
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -271,6 +279,8 @@ def main() -> None:
 
     conditions = {
         "anchored": (OnlineConfig(), GateConfig()),
+        # Four times the KL weight on twice the anchor prompts: a stronger pull to the base.
+        "anchored_kl4": (OnlineConfig(kl_weight=4.0, anchor_prompts=4), GateConfig()),
         "plain_sft": (
             OnlineConfig(replay=0, anchor_prompts=0, kl_weight=0.0, holdout_every=0),
             GateConfig(min_retention=0.0, user_tolerance=float("inf")),
@@ -286,8 +296,9 @@ def main() -> None:
         "events_per_round": 4,
         "threads": torch.get_num_threads(),
         "update_latency_s_p50": anchored["latency_s_p50"],
-        "retention_after_20_updates": anchored["curve"]["retention"][-1],
-        "user_success_after_20_updates": anchored["curve"]["user_success"][-1],
+        "retention_after_20_updates": at_round(anchored, "retention", args.rounds),
+        "user_success_after_20_updates": at_round(anchored, "user_success", args.rounds),
+        "last_evaluated_round": anchored["curve"]["round"][-1],
         "user_success_curve": {
             "round": anchored["curve"]["round"],
             "success": anchored["curve"]["user_success"],
@@ -296,9 +307,12 @@ def main() -> None:
         "wall_seconds": time.perf_counter() - started,
     }
     if "plain_sft" in results:
-        plain = results["plain_sft"]["curve"]
-        output["plain_sft_retention_after_20_updates"] = plain["retention"][-1]
-        output["plain_sft_user_success_after_20_updates"] = plain["user_success"][-1]
+        output["plain_sft_retention_after_20_updates"] = at_round(
+            results["plain_sft"], "retention", args.rounds
+        )
+        output["plain_sft_user_success_after_20_updates"] = at_round(
+            results["plain_sft"], "user_success", args.rounds
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(output, indent=2))
     plot(results, args.json.with_suffix(".png"))
