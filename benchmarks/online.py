@@ -296,8 +296,8 @@ def main() -> None:
         "events_per_round": 4,
         "threads": torch.get_num_threads(),
         "update_latency_s_p50": anchored["latency_s_p50"],
-        "retention_after_20_updates": at_round(anchored, "retention", args.rounds),
-        "user_success_after_20_updates": at_round(anchored, "user_success", args.rounds),
+        "retention_after_20_updates": at_round(anchored, "retention", 20),
+        "user_success_after_20_updates": at_round(anchored, "user_success", 20),
         "last_evaluated_round": anchored["curve"]["round"][-1],
         "user_success_curve": {
             "round": anchored["curve"]["round"],
@@ -308,10 +308,10 @@ def main() -> None:
     }
     if "plain_sft" in results:
         output["plain_sft_retention_after_20_updates"] = at_round(
-            results["plain_sft"], "retention", args.rounds
+            results["plain_sft"], "retention", 20
         )
         output["plain_sft_user_success_after_20_updates"] = at_round(
-            results["plain_sft"], "user_success", args.rounds
+            results["plain_sft"], "user_success", 20
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(output, indent=2))
