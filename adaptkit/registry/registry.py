@@ -120,8 +120,12 @@ class Registry:
             for row in session.scalars(select(UserRow).order_by(UserRow.id)):
                 active = session.get(AdapterVersionRow, row.active_version_id)
                 result.append(
-                    UserInfo(row.id, row.created_at, active.number if active else None,
-                             counts.get(row.id, 0))
+                    UserInfo(
+                        row.id,
+                        row.created_at,
+                        active.number if active else None,
+                        counts.get(row.id, 0),
+                    )
                 )
             return result
 
@@ -161,7 +165,8 @@ class Registry:
             ).all()
             raise UnknownVersionError(
                 f"user {user_id!r} has no version {number}; versions: "
-                f"{', '.join(map(str, sorted(numbers))) or 'none'} (see `adaptkit versions {user_id}`)"
+                f"{', '.join(map(str, sorted(numbers))) or 'none'} "
+                f"(see `adaptkit versions {user_id}`)"
             )
         return row
 
@@ -193,9 +198,17 @@ class Registry:
         so a failed publish leaves nothing behind.
         """
         return self.publish_with(
-            user_id, staged, method=method, base_model=base_model, data_digest=data_digest,
-            metrics=metrics, config=config, parent=parent, activate=activate,
-            status_reason=status_reason, in_transaction=None,
+            user_id,
+            staged,
+            method=method,
+            base_model=base_model,
+            data_digest=data_digest,
+            metrics=metrics,
+            config=config,
+            parent=parent,
+            activate=activate,
+            status_reason=status_reason,
+            in_transaction=None,
         )
 
     def publish_with(
