@@ -67,7 +67,6 @@ def test_mixed_batch_matches_peft_and_users_stay_isolated(world) -> None:
     assert len({tuple(results[i].tokens) for i in (0, 2, 3)}) == 3
 
 
-@pytest.mark.slow  # nf4 on CPU dequantizes every layer per step, and PEFT needs a fresh base
 @torch.inference_mode()
 def test_nf4_base_mixed_batch_matches_peft_and_is_not_merged(world) -> None:
     home, registry, adapters = world
