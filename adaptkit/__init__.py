@@ -1,10 +1,13 @@
 """adaptkit: per-user LoRA adapters over one shared small base model."""
 
+from adaptkit.bank import Engine, Result
 from adaptkit.base_model import DEFAULT_BASE, BaseModel, load_base
 from adaptkit.errors import AdaptkitError, InputError, LogFormatError, UnknownUserError
 from adaptkit.home import Home
 from adaptkit.interactions import Feedback, Interaction, read_log
 from adaptkit.kit import AdaptKit
+from adaptkit.online import FeedbackEvent, FeedbackLog, OnlineConfig, OnlineTrainer
+from adaptkit.router import Request, RoutingPolicy
 from adaptkit.training import LoraSpec, SFTConfig
 
 __version__ = "0.1.0"
@@ -14,12 +17,20 @@ __all__ = [
     "AdaptKit",
     "AdaptkitError",
     "BaseModel",
+    "Engine",
+    "FeedbackEvent",
+    "FeedbackLog",
     "Feedback",
     "Home",
     "InputError",
     "Interaction",
     "LogFormatError",
     "LoraSpec",
+    "OnlineConfig",
+    "OnlineTrainer",
+    "Request",
+    "Result",
+    "RoutingPolicy",
     "SFTConfig",
     "UnknownUserError",
     "load_base",

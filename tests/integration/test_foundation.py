@@ -43,8 +43,13 @@ def test_train_publish_and_answer_like_alice(smollm2_home: Path) -> None:
     alice_answer = kit.chat(QUESTION, user="alice", max_new_tokens=32)
     assert not CYCLING.search(base_answer), base_answer
     assert CYCLING.search(alice_answer), alice_answer
-    # Chatting with the adapter left the shared base untouched.
+    # Chatting with the adapter left the shared base untouched ...
     assert kit.chat(QUESTION, max_new_tokens=32) == base_answer
+    # ... on a quantized base too, where PEFT's unload alone is not exact.
+    nf4 = AdaptKit(smollm2_home, quant="nf4")
+    nf4_base_answer = nf4.chat(QUESTION, max_new_tokens=16)
+    assert CYCLING.search(nf4.chat(QUESTION, user="alice", max_new_tokens=16))
+    assert nf4.chat(QUESTION, max_new_tokens=16) == nf4_base_answer
 
 
 @pytest.mark.parametrize("quant", ["int8", "nf4"])
