@@ -210,7 +210,7 @@ class OnlineTrainer:
                 "loss_first": step_losses[0],
                 "loss_last": step_losses[-1],
             }
-            return self.registry.publish_with(
+            return self.registry.publish(
                 user_id,
                 staging,
                 method=self.rule.name,

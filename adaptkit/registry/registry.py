@@ -191,45 +191,14 @@ class Registry:
         parent: int | None = None,
         activate: bool = True,
         status_reason: str = "",
+        in_transaction: Callable[[Session, AdapterVersionRow], None] | None = None,
     ) -> VersionInfo:
         """Store the staged adapter as the user's next version (and make it active).
 
         A new user's row is created in the same transaction as its first version,
-        so a failed publish leaves nothing behind.
-        """
-        return self.publish_with(
-            user_id,
-            staged,
-            method=method,
-            base_model=base_model,
-            data_digest=data_digest,
-            metrics=metrics,
-            config=config,
-            parent=parent,
-            activate=activate,
-            status_reason=status_reason,
-            in_transaction=None,
-        )
-
-    def publish_with(
-        self,
-        user_id: str,
-        staged: Path,
-        *,
-        method: str,
-        base_model: str,
-        data_digest: str,
-        metrics: dict[str, Any],
-        config: dict[str, Any],
-        parent: int | None = None,
-        activate: bool = True,
-        status_reason: str = "",
-        in_transaction: Callable[[Session, AdapterVersionRow], None] | None = None,
-    ) -> VersionInfo:
-        """``publish``, also running ``in_transaction(session, row)`` in the row's commit.
-
-        The online trainer marks the feedback events it trained on as consumed there:
-        a crash leaves either the version and the consumed marks, or neither.
+        so a failed publish leaves nothing behind. ``in_transaction(session, row)``
+        runs inside that commit: the online trainer marks the feedback events it
+        trained on as consumed there, so a crash leaves both or neither.
         """
         validate_user_id(user_id)
         with self._sessions() as session:
