@@ -56,6 +56,26 @@ def encode_example(
     return input_ids, labels
 
 
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokens that end an answer: the end of the assistant's turn, and eos if different."""
+    stops = [end_of_turn_id(tokenizer)]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
+        stops.append(int(tokenizer.eos_token_id))
+    return stops
+
+
+def left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) for a batch, padded on the left so answers line up."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return input_ids, attention_mask
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -66,17 +86,15 @@ def generate(
 ) -> list[str]:
     """Greedy answers for a batch of conversations (left-padded, one forward per step)."""
     prompts = [encode_prompt(tokenizer, conversation) for conversation in conversations]
-    width = max(len(p) for p in prompts)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    stop = end_of_turn_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
+    input_ids, attention_mask = left_pad(prompts, pad_id)
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        eos_token_id=[stop] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id else []),
+        eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=pad_id,
     )
+    width = input_ids.shape[1]
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]

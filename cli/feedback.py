@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
+from adaptkit.base_model import DEFAULT_BASE
+from adaptkit.cli.options import home_option, quant_option
 from adaptkit.errors import InputError
 from adaptkit.kit import AdaptKit
 from adaptkit.online import FeedbackEvent, FeedbackLog, OnlineConfig, OnlineTrainer
@@ -55,13 +56,8 @@ from adaptkit.online.rules import RULES
     help="optimizer steps used by --learn",
 )
 @click.option("--base", default=DEFAULT_BASE, show_default=True, help="base model (--learn)")
-@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True)
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="adaptkit home [default: $ADAPTKIT_HOME or ~/.adaptkit]",
-)
+@quant_option
+@home_option
 def feedback(
     user: str,
     request_id: int | None,

@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 
-from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
+from adaptkit.base_model import DEFAULT_BASE
 from adaptkit.cli.arena import arena
 from adaptkit.cli.feedback import feedback
-from adaptkit.cli.options import build, options_from
+from adaptkit.cli.options import base_option, build, home_option, options_from, quant_option
 from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
 from adaptkit.training import LoraSpec, SFTConfig
@@ -27,27 +27,6 @@ class _ErrorsAsMessages(click.Group):
         except AdaptkitError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
-
-
-home_option = click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="adaptkit home (registry, adapters, model cache) [default: $ADAPTKIT_HOME or ~/.adaptkit]",
-)
-base_option = click.option(
-    "--base",
-    default=DEFAULT_BASE,
-    show_default=True,
-    help="base model: catalogue name, local directory or Hugging Face id",
-)
-quant_option = click.option(
-    "--quant",
-    type=click.Choice(QUANT_CHOICES),
-    default="none",
-    show_default=True,
-    help="quantize the base model on load (bitsandbytes)",
-)
 
 
 @click.group(cls=_ErrorsAsMessages)

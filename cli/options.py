@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
+from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
 
 Config = TypeVar("Config")
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -45,3 +48,25 @@ def build(config_class: type[Config], values: dict[str, Any]) -> Config:
     """Pop the fields of ``config_class`` out of click's ``values`` and construct it."""
     names = [field.name for field in dataclasses.fields(config_class)]
     return config_class(**{name: values.pop(name) for name in names})
+
+
+# Options several commands share, so their flags and help read the same everywhere.
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="adaptkit home (registry, adapters, model cache) [default: $ADAPTKIT_HOME or ~/.adaptkit]",
+)
+base_option = click.option(
+    "--base",
+    default=DEFAULT_BASE,
+    show_default=True,
+    help="base model: catalogue name, local directory or Hugging Face id",
+)
+quant_option = click.option(
+    "--quant",
+    type=click.Choice(QUANT_CHOICES),
+    default="none",
+    show_default=True,
+    help="quantize the base model on load (bitsandbytes)",
+)

@@ -35,7 +35,7 @@ from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank
 from adaptkit.base_model import CATALOGUE, DEFAULT_BASE, BaseModel, load_base
 from adaptkit.errors import AdaptkitError, InputError
 from adaptkit.home import Home
-from adaptkit.prompting import as_messages, encode_prompt, end_of_turn_id
+from adaptkit.prompting import as_messages, encode_prompt, left_pad, pad_token_id, stop_token_ids
 from adaptkit.registry import Registry
 from adaptkit.router import Plan, PlannedAdapter, Request, Router, RoutingPolicy
 from adaptkit.router.router import first_error, row_error
@@ -256,13 +256,10 @@ class Engine:
         """Left-padded greedy decoding, as ``adaptkit.prompting.generate`` does it."""
         tokenizer = self.base.tokenizer
         prompts = [encode_prompt(tokenizer, as_messages(r.prompt)) for r in requests]
-        width = max(len(p) for p in prompts)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        stops = [end_of_turn_id(tokenizer)]
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
-            stops.append(tokenizer.eos_token_id)
+        pad_id = pad_token_id(tokenizer)
+        input_ids, attention_mask = left_pad(prompts, pad_id)
+        width = input_ids.shape[1]
+        stops = stop_token_ids(tokenizer)
         output = self.base.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
