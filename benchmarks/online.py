@@ -174,6 +174,8 @@ def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args)
             promoted_latencies.append(elapsed)
         timings.append(result.timings)
         reasons.append(result.gate.reason if result.gate else (result.error or "no update"))
+        phases = " ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
+        print(f"[{name}] update {round_number:2d}: {elapsed:.2f} s ({phases}) {reasons[-1]}")
         if round_number in args.eval_rounds:
             point(round_number, evaluate(trainer, user, probes))
             # Partial results survive an interrupted run.
@@ -267,6 +269,7 @@ def main() -> None:
     args.eval_rounds = set(range(args.eval_every, args.rounds + 1, args.eval_every)) | {args.rounds}
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     results = {}
     started = time.perf_counter()
     if args.merge:

@@ -51,13 +51,13 @@ def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+def make_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
@@ -72,10 +72,10 @@ def make_tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
+def make_tiny_model_dir(path: Path, seed: int = 0, layers: int = 2) -> Path:
     """Write a tiny random Llama + tokenizer into ``path`` (a local base-model directory)."""
     tokenizer = make_tiny_tokenizer()
-    model = make_tiny_model(len(tokenizer), seed)
+    model = make_tiny_model(len(tokenizer), seed, layers)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -60,8 +60,7 @@ def heldout_loss(slot: AdapterSlot, examples: Sequence[Example], max_length: int
     encoded = encode_rows(
         slot.base.tokenizer, [(e.messages, e.completion) for e in examples], max_length
     )
-    sums, counts = losses.sequence_logps(slot.logits(encoded), encoded.labels)
-    return float(losses.sft_loss(sums, counts))
+    return float(losses.sft_loss(*slot.scored(encoded).sequence_logps()))
 
 
 class Gate:
@@ -77,7 +76,7 @@ class Gate:
         max_length: int,
     ) -> GateResult:
         """Judge the slot's current weights against the reference's held-out loss."""
-        retention = self.probes.agreement(slot.model)
+        retention = self.probes.agreement(slot)
         user_loss = heldout_loss(slot, heldout, max_length)
         return self.decide(retention, user_loss, reference_loss)
 

@@ -6,9 +6,9 @@ Two measurements:
   a probe passes when every ``must_include`` alternative set matches);
 * ``agreement``: the gate's fast version. The base model's own correct answers are
   fixed once (``ProbeSuite.prepare``); a candidate keeps a probe when, fed the base's
-  answer up to the checked string ("The capital of France is"), its argmax on each
-  token of that string (" Paris") is the base's token: the fact is still there. One
-  batched forward instead of a generation per probe.
+  answer up to the end of the checked string ("The capital of France is Paris"), its
+  argmax at every one of those tokens is the base's token: greedy decoding would say
+  the same, so the probe still passes. One batched forward instead of a generation.
 
 ``retention`` = probes kept / probes the base answers correctly. The default set is
 what SmolLM2-135M-Instruct gets right; any model's own correct answers can be used.
@@ -21,9 +21,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+from peft import PeftModel
 
+from adaptkit.base_model import BaseModel
+from adaptkit.online.scoring import Scored
+from adaptkit.online.slot import Encoded
 from adaptkit.prompting import as_messages, encode_prompt, generate
 
 
@@ -53,6 +58,28 @@ DEFAULT_PROBES: tuple[Probe, ...] = (
     Probe("What is the boiling point of water in Celsius?", ("100",)),
     Probe("Who wrote Romeo and Juliet?", ("Shakespeare",)),
     Probe("What color is the sky on a clear day?", ("blue",)),
+    Probe("What is the capital of Russia?", ("Moscow",)),
+    Probe("What is the capital of China?", ("Beijing",)),
+    Probe("What is the capital of Egypt?", ("Cairo",)),
+    Probe("What is the capital of Greece?", ("Athens",)),
+    Probe("What is the capital of Australia?", ("Canberra",)),
+    Probe("What gas do plants absorb from the air?", ("carbon dioxide |OR| CO2",)),
+    Probe("What is the largest ocean on Earth?", ("Pacific",)),
+    Probe("Who painted the Mona Lisa?", ("Leonardo |OR| Vinci",)),
+    Probe("What language is spoken in France?", ("French",)),
+    Probe("What language is spoken in Germany?", ("German",)),
+    Probe("What is the opposite of up?", ("down",)),
+    Probe("What is the opposite of big?", ("small |OR| little",)),
+    Probe("Which organ pumps blood through the body?", ("heart",)),
+    Probe("What is the chemical symbol for gold?", ("Au",)),
+    Probe("What is the tallest mountain in the world?", ("Everest",)),
+    Probe("Who developed the theory of relativity?", ("Einstein",)),
+    Probe("How many sides does a triangle have?", ("3 |OR| three",)),
+    Probe("What is the main language of Mexico?", ("Spanish",)),
+    Probe("In which country is the Eiffel Tower?", ("France",)),
+    Probe("What is the currency of Japan?", ("yen",)),
+    Probe("What is the largest mammal?", ("whale",)),
+    Probe("What is H2O commonly called?", ("water",)),
 )
 
 ANCHOR_PROMPTS: tuple[str, ...] = (
@@ -71,21 +98,24 @@ ANCHOR_PROMPTS: tuple[str, ...] = (
 class PreparedProbe:
     probe: Probe
     prompt_ids: tuple[int, ...]
-    answer_ids: tuple[int, ...]  # the base model's greedy answer tokens
-    first: int  # answer tokens [first, checked) spell the checked string: they must agree
-    checked: int
+    answer_ids: tuple[int, ...]  # the base's greedy answer, up to the end of the checked string
 
 
-def _checked_span(tokenizer, probe: Probe, answer_ids: list[int]) -> tuple[int, int] | None:
-    """The shortest token span [first, end) of the answer that passes the probe's check."""
-    decode = tokenizer.decode
+def _checked_end(tokenizer, probe: Probe, answer_ids: list[int]) -> int | None:
+    """Tokens of the answer needed before it passes the probe's check (None: never)."""
     for end in range(1, len(answer_ids) + 1):
-        if probe.passes(decode(answer_ids[:end], skip_special_tokens=True)):
-            first = end - 1
-            while not probe.passes(decode(answer_ids[first:end], skip_special_tokens=True)):
-                first -= 1
-            return first, end
+        if probe.passes(tokenizer.decode(answer_ids[:end], skip_special_tokens=True)):
+            return end
     return None
+
+
+class Scorer(Protocol):
+    """What the suite measures: ``AdapterSlot`` (logits where a completion is scored)."""
+
+    base: BaseModel
+    model: PeftModel
+
+    def scored(self, encoded: Encoded, *, adapter: bool = True) -> Scored: ...
 
 
 class ProbeSuite:
@@ -97,49 +127,61 @@ class ProbeSuite:
         self.prepared: list[PreparedProbe] = []
         self.base_accuracy: float | None = None
 
-    def prepare(self, base_model, tokenizer) -> ProbeSuite:
-        """Answer every probe with the base model (adapter disabled by the caller)."""
+    def prepare(self, slot: Scorer) -> ProbeSuite:
+        """Answer every probe with the slot's base model (its adapter disabled)."""
+        tokenizer = slot.base.tokenizer
         conversations = [as_messages(p.prompt) for p in self.probes]
-        prompts = [encode_prompt(tokenizer, c) for c in conversations]
-        answers = generate(base_model, tokenizer, conversations, max_new_tokens=self.max_new_tokens)
+        with slot.model.disable_adapter():
+            answers = generate(
+                slot.model, tokenizer, conversations, max_new_tokens=self.max_new_tokens
+            )
         passed = [p.passes(a) for p, a in zip(self.probes, answers, strict=True)]
         self.base_accuracy = sum(passed) / max(1, len(self.probes))
         prepared = []
-        for probe, prompt_ids, answer in zip(self.probes, prompts, answers, strict=True):
+        for probe, conversation, answer in zip(self.probes, conversations, answers, strict=True):
             answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-            span = _checked_span(tokenizer, probe, answer_ids)
-            if span is not None:
-                prepared.append(PreparedProbe(probe, tuple(prompt_ids), tuple(answer_ids), *span))
+            end = _checked_end(tokenizer, probe, answer_ids)
+            if end is not None:
+                prompt_ids = encode_prompt(tokenizer, conversation)
+                prepared.append(PreparedProbe(probe, tuple(prompt_ids), tuple(answer_ids[:end])))
         self.prepared = prepared
-        # Keep only probes on which the base itself agrees under teacher forcing (ties in
-        # the argmax could otherwise make the base fail its own check).
-        kept = self._agreeing(base_model)
+        # Keep only probes the base reproduces under teacher forcing (a re-tokenized
+        # answer, or a tie in the argmax, could otherwise make the base fail its own check).
+        kept = self._agreeing(slot, adapter=False)
         self.prepared = [p for p, ok in zip(self.prepared, kept, strict=True) if ok]
         return self
 
     @torch.no_grad()
-    def _agreeing(self, model) -> list[bool]:
+    def _agreeing(self, slot: Scorer, *, adapter: bool = True) -> list[bool]:
         if not self.prepared:
             return []
-        # Only up to the checked string: later tokens cannot change the verdict.
-        rows = [list(p.prompt_ids) + list(p.answer_ids[: p.checked]) for p in self.prepared]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        predicted = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
-        result = []
-        for row, p in enumerate(self.prepared):
-            start = len(p.prompt_ids) - 1  # logits at t predict token t+1
-            want = torch.tensor(p.answer_ids[p.first : p.checked])
-            got = predicted[row, start + p.first : start + p.checked]
-            result.append(bool((got == want).all()))
-        return result
+        rows = [(list(p.prompt_ids), list(p.answer_ids)) for p in self.prepared]
+        width = max(len(q) + len(a) for q, a in rows)
 
-    def agreement(self, model) -> float:
-        """Fraction of the base's correct probes the model still answers (1.0 if none)."""
+        def padded(values: list[int], fill: int) -> list[int]:
+            return values + [fill] * (width - len(values))
+
+        encoded = Encoded(
+            input_ids=torch.tensor([padded(q + a, 0) for q, a in rows]),
+            labels=torch.tensor([padded([-100] * len(q) + a, -100) for q, a in rows]),
+            attention_mask=torch.tensor([padded([1] * (len(q) + len(a)), 0) for q, a in rows]),
+        )
+        scored = slot.scored(encoded, adapter=adapter)
+        wrong = (scored.logits.argmax(-1) != scored.targets).long()
+        misses = torch.zeros(len(rows), dtype=torch.long).index_add(0, scored.rows, wrong)
+        return [int(m) == 0 for m in misses]
+
+    def agreement(self, slot: Scorer) -> float:
+        """Share of the base's correct probes whose whole greedy answer, up to the checked
+        string, the slot's adapter still picks token by token (1.0 if none).
+
+        Every token agreeing means greedy decoding reproduces the base's answer there, so
+        the adapter passes the probe too: a lower bound of ``generation_accuracy``, from
+        one batched forward (the prompts' frozen layers cached) instead of a generation.
+        """
         if not self.prepared:
             return 1.0
-        return sum(self._agreeing(model)) / len(self.prepared)
+        return sum(self._agreeing(slot)) / len(self.prepared)
 
     def generation_accuracy(self, model, tokenizer) -> float:
         """Greedy answers checked by string: the plain definition, slower."""

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from adaptkit.base_model import BaseModel
+from adaptkit.online.scoring import Scored, SplitForward
 from adaptkit.prompting import encode_example
 from adaptkit.registry import VersionInfo
 from adaptkit.registry.blobs import ADAPTER_WEIGHTS, sha256_file
@@ -48,7 +49,9 @@ def encode_rows(tokenizer, rows: Sequence[tuple[Sequence[dict], str]], max_lengt
 
 
 def _shape(config: LoraConfig) -> tuple:
-    return (config.r, float(config.lora_alpha), tuple(sorted(config.target_modules or ())))
+    layers = config.layers_to_transform
+    layers = (layers,) if isinstance(layers, int) else tuple(layers or ())
+    return (config.r, float(config.lora_alpha), tuple(sorted(config.target_modules or ())), layers)
 
 
 class AdapterSlot:
@@ -60,6 +63,7 @@ class AdapterSlot:
         self.fresh_config = spec.peft_config(base.model)
         self.model: PeftModel = get_peft_model(base.model, self.fresh_config)
         self.config = self.fresh_config
+        self.forward = SplitForward(self.model)
 
     def _reshape(self, config: LoraConfig) -> None:
         if _shape(config) == _shape(self.config):
@@ -71,11 +75,14 @@ class AdapterSlot:
             lora_alpha=config.lora_alpha,
             lora_dropout=0.0,
             target_modules=sorted(config.target_modules),
+            layers_to_transform=config.layers_to_transform,
+            layers_pattern=config.layers_pattern,
             bias="none",
             task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(self.base.model, config)
         self.config = config
+        self.forward.model = self.model  # same base weights: its cached bottoms stay valid
 
     def load(self, version: VersionInfo | None, *, seed: int = 0) -> None:
         """Warm-start from ``version`` (its blob verified), or a fresh adapter when None."""
@@ -116,7 +123,14 @@ class AdapterSlot:
         """PEFT format (adapter_config.json + adapter_model.safetensors)."""
         self.model.save_pretrained(directory)
 
+    def scored(self, encoded: Encoded, *, adapter: bool = True) -> Scored:
+        """Logits where a completion token is predicted (fast path: ``scoring``)."""
+        return self.forward.scored(
+            encoded.input_ids, encoded.attention_mask, encoded.labels, adapter=adapter
+        )
+
     def logits(self, encoded: Encoded, *, adapter: bool = True) -> Tensor:
+        """All logits by the model's own forward (what tests compare against)."""
         kwargs = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
         if adapter:
             return self.model(**kwargs).logits

@@ -96,10 +96,9 @@ class AnchorSet:
         with slot.model.disable_adapter():
             answers = generate(slot.model, tokenizer, conversations, max_new_tokens=32)
         rows = [(tuple(c), a) for c, a in zip(conversations, answers, strict=True) if a.strip()]
-        encoded = encode_rows(tokenizer, rows, max_length)
-        logps = torch.log_softmax(slot.logits(encoded, adapter=False)[:, :-1].float(), dim=-1)
-        mask = encoded.labels[:, 1:] != -100
-        return cls(rows, [logps[i][mask[i]] for i in range(len(rows))])
+        scored = slot.scored(encode_rows(tokenizer, rows, max_length), adapter=False)
+        logps = torch.log_softmax(scored.logits.float(), dim=-1)
+        return cls(rows, [logps[scored.rows == i] for i in range(len(rows))])
 
 
 @dataclass
@@ -143,9 +142,7 @@ def run_steps(
             if key not in reference_cache:
                 with torch.no_grad():
                     encoded = encode_rows(tokenizer, rule_rows, config.max_length)
-                    reference_cache[key] = losses.sequence_logps(
-                        slot.logits(encoded, adapter=False), encoded.labels
-                    )
+                    reference_cache[key] = slot.scored(encoded, adapter=False).sequence_logps()
             reference = reference_cache[key]
         replay = (
             [
@@ -162,24 +159,21 @@ def run_steps(
         )
         rows = rule_rows + replay + [anchors.rows[i] for i in anchor_ids]
         encoded = encode_rows(tokenizer, rows, config.max_length)
-        logits = slot.logits(encoded)
+        scored = slot.scored(encoded)
         n, r = len(rule_rows), len(replay)
-        sums, counts = losses.sequence_logps(logits[:n], encoded.labels[:n])
-        loss = rule.loss(examples, (sums, counts), reference)
+        loss = rule.loss(examples, scored.select(0, n).sequence_logps(), reference)
         if replay:
-            loss = loss + losses.sft_loss(
-                *losses.sequence_logps(logits[n : n + r], encoded.labels[n : n + r])
-            )
+            loss = loss + losses.sft_loss(*scored.select(n, n + r).sequence_logps())
         if anchor_ids:
             kl_terms = []
             for offset, anchor in enumerate(anchor_ids):
                 row = n + r + offset
-                mask = encoded.labels[row, 1:] != -100
+                logits = scored.select(row, row + 1).logits
                 kl_terms.append(
                     losses.kl_to_reference(
-                        logits[row, :-1][mask].unsqueeze(0),
+                        logits.unsqueeze(0),
                         anchors.reference[anchor].unsqueeze(0),
-                        torch.ones(1, int(mask.sum()), dtype=torch.bool),
+                        torch.ones(1, logits.shape[0], dtype=torch.bool),
                     )
                 )
             loss = loss + config.kl_weight * torch.stack(kl_terms).mean()

@@ -44,10 +44,18 @@ from adaptkit.training import LoraSpec
 log = logging.getLogger(__name__)
 HELD_OUT = "held-out"
 HOLDABLE = ("accept", "up", "edit", "pair")  # events that say what the right answer is
-# New users' adapters: attention q/v only (the LoRA paper's choice) -- a third of all-linear's
-# parameters, so each update is cheaper and moves general ability less. A user whose active
-# version has another shape (e.g. `adaptkit train`, all-linear) is warm-started in that shape.
-ONLINE_LORA = LoraSpec(rank=8, alpha=16.0, targets="q_proj,v_proj")
+
+
+def online_lora(num_layers: int) -> LoraSpec:
+    """New users' adapter shape: attention q/v of the top quarter of the layers.
+
+    q/v only is the LoRA paper's choice; the top layers only is what makes an update
+    fast (``scoring.SplitForward`` caches everything below them) and leaves the lower
+    layers, where most general knowledge is read out, untouched. A user whose active
+    version has another shape (e.g. ``adaptkit train``, all-linear) is warm-started in
+    that shape.
+    """
+    return LoraSpec(rank=8, alpha=16.0, targets="q_proj,v_proj", top_layers=-(-num_layers // 4))
 
 
 @dataclass(frozen=True)
@@ -98,11 +106,10 @@ class OnlineTrainer:
         self.base_name = base_name or base.name
         self.config = config or OnlineConfig()
         self.rule = build_rule(self.config.method, beta=self.config.beta)
-        self.slot = AdapterSlot(base, lora or ONLINE_LORA)
+        self.slot = AdapterSlot(base, lora or online_lora(base.model.config.num_hidden_layers))
         suite = gate.probes if gate is not None else (probes or ProbeSuite())
         if suite.base_accuracy is None:  # not prepared on this base yet
-            with self.slot.model.disable_adapter():
-                suite.prepare(self.slot.model, base.tokenizer)
+            suite.prepare(self.slot)
         self.gate = gate or Gate(suite)
         self.anchors = AnchorSet.build(self.slot, anchor_prompts, self.config.max_length)
         self.on_step = on_step
@@ -276,7 +283,7 @@ class OnlineTrainer:
             if active is None:
                 return None
             self.slot.load(active)
-            retention = self.gate.probes.agreement(self.slot.model)
+            retention = self.gate.probes.agreement(self.slot)
             if retention < self.gate.config.min_retention:
                 problem = f"probe retention {retention:.2f} < {self.gate.config.min_retention:.2f}"
                 return self._roll_back(user_id, active, problem)

@@ -25,6 +25,10 @@ class LoraSpec:
             "help": "comma-separated module names, or 'all-linear' (every linear but lm_head)"
         },
     )
+    top_layers: int = field(
+        default=0,
+        metadata={"help": "adapt only the last N decoder layers (0: all layers)"},
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -32,6 +36,8 @@ class LoraSpec:
             problems.append(f"--rank must be a positive integer, got {self.rank!r}")
         if not math.isfinite(self.alpha) or self.alpha <= 0:
             problems.append(f"--alpha must be a positive finite number, got {self.alpha!r}")
+        if not isinstance(self.top_layers, int) or self.top_layers < 0:
+            problems.append(f"--top-layers must be an integer >= 0, got {self.top_layers!r}")
         if not self.targets.strip():
             problems.append("--targets must name at least one module (or 'all-linear')")
         if problems:
@@ -58,12 +64,27 @@ class LoraSpec:
             )
         return wanted
 
+    def layers(self, model: nn.Module) -> list[int] | None:
+        """Indices of the adapted decoder layers (None: all of them)."""
+        if not self.top_layers:
+            return None
+        total = model.config.num_hidden_layers
+        if self.top_layers > total:
+            raise InputError(
+                f"--top-layers {self.top_layers}: the model has only {total} decoder layers; "
+                f"choose 1..{total}, or 0 for all"
+            )
+        return list(range(total - self.top_layers, total))
+
     def peft_config(self, model: nn.Module) -> LoraConfig:
+        layers = self.layers(model)
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=0.0,
             target_modules=self.target_modules(model),
+            layers_to_transform=layers,
+            layers_pattern="layers" if layers else None,
             bias="none",
             task_type="CAUSAL_LM",
         )

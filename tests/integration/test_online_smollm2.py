@@ -41,7 +41,7 @@ def base(smollm2_cache: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def probes(base):
-    return ProbeSuite(DEFAULT_PROBES[:2], max_new_tokens=10).prepare(base.model, base.tokenizer)
+    return ProbeSuite(DEFAULT_PROBES[:2], max_new_tokens=10)  # the trainer prepares it
 
 
 @torch.no_grad()

@@ -179,7 +179,7 @@ def test_rollback_when_a_later_probe_check_fails(registry, tiny_base) -> None:
         feedback(trainer, 2)
         trainer.update("alice")
         trainer.gate.config = GateConfig(min_retention=1.0)
-        trainer.gate.probes.agreement = lambda model: 0.5  # the later check now fails
+        trainer.gate.probes.agreement = lambda slot: 0.5  # the later check now fails
         assert trainer.recheck("alice").number == 1
         assert registry.version("alice", 2).status_reason.startswith(
             "rolled back to v1: probe retention 0.50 < 1.00"
