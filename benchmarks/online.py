@@ -16,7 +16,10 @@ thumbs-up of bicycle answers) are recorded and one update runs. Measured:
   being the user's active one in the registry (which the next request resolves);
 * ``user_success``: share of 10 held-back travel requests whose greedy answer mentions
   cycling (bicycle|bike|cycl), after rounds 0 (base), 1, 2, 4, ... 20;
-* ``retention``: probe accuracy (greedy answers, string checks) relative to the base.
+* ``retention``: greedy probe answers (string checks) kept, relative to the base, on
+  the probes the base answers with a clear margin (``ProbeSuite``: a probe decided by
+  a near-tie flips under any change and measures noise); ``retention_all`` is the
+  same on every probe the base gets right, near-ties included, reported next to it.
 """
 
 from __future__ import annotations
@@ -110,25 +113,20 @@ def passes(answer: str) -> bool:
 
 
 def evaluate(trainer: OnlineTrainer, user: str, probes: ProbeSuite) -> dict[str, float]:
-    """Greedy answers with the user's active version (the base when it has none)."""
+    """Greedy answers with the user's active version (a zero adapter when it has none)."""
     try:
         active = trainer.registry.active_version(user)
     except UnknownUserError:
-        active = None  # no feedback yet: the base model answers
+        active = None  # no feedback yet: a fresh adapter (B = 0) is the base model
     trainer.slot.load(active)
-    model = trainer.slot.model
-    tokenizer = trainer.base.tokenizer
-    conversations = [as_messages(p) for p in HELD_BACK]
-    if active is None:
-        with model.disable_adapter():
-            answers = generate(model, tokenizer, conversations, max_new_tokens=24)
-            accuracy = probes.generation_accuracy(model, tokenizer)
-    else:
-        answers = generate(model, tokenizer, conversations, max_new_tokens=24)
-        accuracy = probes.generation_accuracy(model, tokenizer)
+    model, tokenizer = trainer.slot.model, trainer.base.tokenizer
+    answers = generate(model, tokenizer, [as_messages(p) for p in HELD_BACK], max_new_tokens=24)
     return {
         "user_success": sum(map(passes, answers)) / len(answers),
-        "probe_accuracy": accuracy,
+        # Greedy probe answers, on the probes the base answers with a clear margin ...
+        "retention": probes.retention(trainer.slot),
+        # ... and on every probe, near-ties included (reported, not gated).
+        "probe_accuracy_all": probes.generation_accuracy(model, tokenizer),
         "example": answers[0],
     }
 
@@ -143,18 +141,20 @@ def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args)
     )
     user = "alice"
     records = stream(args.rounds, 4)
-    curve = {"round": [], "user_success": [], "retention": [], "examples": []}
+    curve = {"round": [], "user_success": [], "retention": [], "retention_all": [], "examples": []}
     base_eval = evaluate(trainer, user, probes)
-    base_accuracy = base_eval["probe_accuracy"]
+    base_accuracy = base_eval["probe_accuracy_all"]
 
     def point(round_number: int, result: dict) -> None:
         curve["round"].append(round_number)
         curve["user_success"].append(result["user_success"])
-        curve["retention"].append(result["probe_accuracy"] / max(base_accuracy, 1e-9))
+        curve["retention"].append(result["retention"])
+        curve["retention_all"].append(result["probe_accuracy_all"] / max(base_accuracy, 1e-9))
         curve["examples"].append(result["example"])
         print(
             f"[{name}] round {round_number:2d}: success {result['user_success']:.2f} "
-            f"retention {curve['retention'][-1]:.2f}  e.g. {result['example'][:70]!r}",
+            f"retention {curve['retention'][-1]:.2f} (all probes "
+            f"{curve['retention_all'][-1]:.2f})  e.g. {result['example'][:70]!r}",
             flush=True,
         )
 
@@ -192,8 +192,15 @@ def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args)
                 )
             )
     trainer.close()  # the base model is shared with the next condition
+    probe_counts = {"gated": len(probes.prepared), "near_tie_left_out": len(probes.fragile)}
     return summarize(
-        {"curve": curve, "latencies": latencies, "timings": timings, "reasons": reasons}
+        {
+            "curve": curve,
+            "latencies": latencies,
+            "timings": timings,
+            "reasons": reasons,
+            "probes": probe_counts,
+        }
     )
 
 
@@ -207,6 +214,7 @@ def summarize(raw: dict) -> dict:
         "latency_promoted_s_p50": statistics.median(promoted) if promoted else None,
         "phase_s_p50": {k: statistics.median(t.get(k, 0.0) for t in timings) for k in timings[0]},
         "promoted": len(promoted),
+        "probes": raw.get("probes"),
         "gate_reasons": reasons,
     }
 
@@ -229,7 +237,14 @@ def plot(results: dict, path: Path) -> None:
     for name, result in results.items():
         curve = result["curve"]
         left.plot(curve["round"], curve["user_success"], marker="o", label=name)
-        right.plot(curve["round"], curve["retention"], marker="o", label=name)
+        (line,) = right.plot(curve["round"], curve["retention"], marker="o", label=name)
+        right.plot(
+            curve["round"],
+            curve["retention_all"],
+            linestyle=":",
+            color=line.get_color(),
+            label=f"{name} (all probes)",
+        )
     left.set(title="user success on held-back requests", xlabel="update round", ylim=(-0.05, 1.05))
     right.set(title="probe retention vs base", xlabel="update round", ylim=(0, 1.3))
     right.axhline(0.95, color="grey", linestyle="--", linewidth=1, label="floor 0.95")
@@ -282,8 +297,6 @@ def main() -> None:
 
     conditions = {
         "anchored": (OnlineConfig(), GateConfig()),
-        # Four times the KL weight on twice the anchor prompts: a stronger pull to the base.
-        "anchored_kl4": (OnlineConfig(kl_weight=4.0, anchor_prompts=4), GateConfig()),
         "plain_sft": (
             OnlineConfig(replay=0, anchor_prompts=0, kl_weight=0.0, holdout_every=0),
             GateConfig(min_retention=0.0, user_tolerance=float("inf")),
@@ -300,6 +313,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "update_latency_s_p50": anchored["latency_s_p50"],
         "retention_after_20_updates": at_round(anchored, "retention", 20),
+        "retention_all_probes_after_20_updates": at_round(anchored, "retention_all", 20),
+        "probes": anchored.get("probes"),
         "user_success_after_20_updates": at_round(anchored, "user_success", 20),
         "last_evaluated_round": anchored["curve"]["round"][-1],
         "user_success_curve": {

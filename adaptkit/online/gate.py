@@ -5,14 +5,14 @@ Two checks, both recorded on the version (``metrics`` and ``status_reason``):
 1. the user's held-back interactions (feedback events never trained on): the
    candidate's token-mean loss on the answers the user wanted must not exceed the
    current version's by more than ``user_tolerance`` nats;
-2. probe retention (``probes.ProbeSuite.agreement``) >= ``min_retention``.
+2. probe retention (``probes.ProbeSuite.retention``) >= ``min_retention``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -42,6 +42,9 @@ class GateResult:
     user_loss: float | None  # the candidate's, on held-back interactions (None: none yet)
     reference_user_loss: float | None  # the current version's (or the base's)
     reason: str
+
+    def with_note(self, note: str) -> GateResult:
+        return replace(self, reason=f"{self.reason}; {note}")
 
     def metrics(self) -> dict[str, float | bool | None]:
         return {
@@ -76,7 +79,7 @@ class Gate:
         max_length: int,
     ) -> GateResult:
         """Judge the slot's current weights against the reference's held-out loss."""
-        retention = self.probes.agreement(slot)
+        retention = self.probes.retention(slot)
         user_loss = heldout_loss(slot, heldout, max_length)
         return self.decide(retention, user_loss, reference_loss)
 

@@ -4,11 +4,12 @@ Two measurements:
 
 * ``generation_accuracy``: greedy answers, string checks (what the benchmark reports;
   a probe passes when every ``must_include`` alternative set matches);
-* ``agreement``: the gate's fast version. The base model's own correct answers are
-  fixed once (``ProbeSuite.prepare``); a candidate keeps a probe when, fed the base's
-  answer up to the end of the checked string ("The capital of France is Paris"), its
-  argmax at every one of those tokens is the base's token: greedy decoding would say
-  the same, so the probe still passes. One batched forward instead of a generation.
+* ``retention``: the gate's version, the same verdicts faster. The base model's own
+  correct answers are fixed once (``ProbeSuite.prepare``); a candidate provably keeps
+  a probe when, fed the base's answer up to the end of the checked string ("The
+  capital of France is Paris"), its argmax at every one of those tokens is the base's
+  token: greedy decoding would say the same. One batched forward settles most probes;
+  only the rest are generated.
 
 ``retention`` = probes kept / probes the base answers correctly. The default set is
 what SmolLM2-135M-Instruct gets right; any model's own correct answers can be used.
@@ -80,6 +81,24 @@ DEFAULT_PROBES: tuple[Probe, ...] = (
     Probe("What is the currency of Japan?", ("yen",)),
     Probe("What is the largest mammal?", ("whale",)),
     Probe("What is H2O commonly called?", ("water",)),
+    Probe("Who invented the telephone?", ("Bell",)),
+    Probe("What is the capital of Poland?", ("Warsaw",)),
+    Probe("What is the capital of Peru?", ("Lima",)),
+    Probe("What is the capital of Austria?", ("Vienna",)),
+    Probe("What is the smallest prime number?", ("2 |OR| two",)),
+    Probe("What is the capital of Cuba?", ("Havana",)),
+    Probe("What is the capital of Ireland?", ("Dublin",)),
+    Probe("What is the opposite of open?", ("closed",)),
+    Probe("What is the capital of South Korea?", ("Seoul",)),
+    Probe("What is the opposite of happy?", ("sad",)),
+    Probe("What is the capital of Kenya?", ("Nairobi",)),
+    Probe("What is the capital of Sweden?", ("Stockholm",)),
+    Probe("What is the chemical symbol for sodium?", ("Na",)),
+    Probe("What is the capital of the Netherlands?", ("Amsterdam",)),
+    Probe("What is the chemical symbol for silver?", ("Ag",)),
+    Probe("What is the opposite of day?", ("night",)),
+    Probe("What is the capital of Thailand?", ("Bangkok",)),
+    Probe("What is the opposite of wet?", ("dry",)),
 )
 
 ANCHOR_PROMPTS: tuple[str, ...] = (
@@ -91,6 +110,22 @@ ANCHOR_PROMPTS: tuple[str, ...] = (
     "Explain what rain is in one sentence.",
     "How many minutes are in an hour?",
     "Say hello in French.",
+    "What is the capital of India?",
+    "What is the capital of Norway?",
+    "How many legs does a dog have?",
+    "What color is snow?",
+    "Who wrote Hamlet?",
+    "What language is spoken in Italy?",
+    "What is the largest desert in the world?",
+    "What is 5 + 3?",
+    "What is the opposite of fast?",
+    "Which planet is known as the red planet?",
+    "What do cows drink?",
+    "Name a musical instrument with strings.",
+    "What is the chemical symbol for iron?",
+    "How many days are in a year?",
+    "Describe a cat in one sentence.",
+    "What is photosynthesis?",
 )
 
 
@@ -121,10 +156,20 @@ class Scorer(Protocol):
 class ProbeSuite:
     """Probes, their base answers, and the two retention measures."""
 
-    def __init__(self, probes: Sequence[Probe] = DEFAULT_PROBES, max_new_tokens: int = 24):
+    def __init__(
+        self,
+        probes: Sequence[Probe] = DEFAULT_PROBES,
+        max_new_tokens: int = 24,
+        min_margin: float = 0.5,
+    ):
         self.probes = tuple(probes)
         self.max_new_tokens = max_new_tokens
+        # A probe the base answers through a near-tie (top two tokens within this many
+        # nats somewhere before the checked string) measures noise, not knowledge: any
+        # perturbation flips it (SmolLM2: "The capital of France" vs "L'..." at 0.08).
+        self.min_margin = min_margin
         self.prepared: list[PreparedProbe] = []
+        self.fragile: list[Probe] = []  # correct for the base, but left out for that reason
         self.base_accuracy: float | None = None
 
     def prepare(self, slot: Scorer) -> ProbeSuite:
@@ -145,16 +190,19 @@ class ProbeSuite:
                 prompt_ids = encode_prompt(tokenizer, conversation)
                 prepared.append(PreparedProbe(probe, tuple(prompt_ids), tuple(answer_ids[:end])))
         self.prepared = prepared
-        # Keep only probes the base reproduces under teacher forcing (a re-tokenized
-        # answer, or a tie in the argmax, could otherwise make the base fail its own check).
+        # Keep the probes the base reproduces under teacher forcing (a re-tokenized answer
+        # could otherwise fail its own check) with a clear margin at every token.
         kept = self._agreeing(slot, adapter=False)
         self.prepared = [p for p, ok in zip(self.prepared, kept, strict=True) if ok]
+        margins = self._margins(slot)
+        self.fragile = [
+            p.probe for p, m in zip(self.prepared, margins, strict=True) if m < self.min_margin
+        ]
+        self.prepared = [p for p in self.prepared if p.probe not in self.fragile]
         return self
 
-    @torch.no_grad()
-    def _agreeing(self, slot: Scorer, *, adapter: bool = True) -> list[bool]:
-        if not self.prepared:
-            return []
+    def _encoded(self) -> Encoded:
+        """The probes' prompts followed by the base's answers, scored on the answers."""
         rows = [(list(p.prompt_ids), list(p.answer_ids)) for p in self.prepared]
         width = max(len(q) + len(a) for q, a in rows)
 
@@ -166,22 +214,50 @@ class ProbeSuite:
             labels=torch.tensor([padded([-100] * len(q) + a, -100) for q, a in rows]),
             attention_mask=torch.tensor([padded([1] * (len(q) + len(a)), 0) for q, a in rows]),
         )
-        scored = slot.scored(encoded, adapter=adapter)
+        return encoded
+
+    @torch.no_grad()
+    def _margins(self, slot: Scorer) -> list[float]:
+        """Per probe, the smallest gap between the base's top two logits along its answer."""
+        if not self.prepared:
+            return []
+        scored = slot.scored(self._encoded(), adapter=False)
+        top = scored.logits.topk(2, dim=-1).values
+        gaps = top[:, 0] - top[:, 1]
+        smallest = torch.full((len(self.prepared),), float("inf"))
+        return smallest.scatter_reduce(0, scored.rows, gaps, reduce="amin").tolist()
+
+    @torch.no_grad()
+    def _agreeing(self, slot: Scorer, *, adapter: bool = True) -> list[bool]:
+        if not self.prepared:
+            return []
+        scored = slot.scored(self._encoded(), adapter=adapter)
         wrong = (scored.logits.argmax(-1) != scored.targets).long()
-        misses = torch.zeros(len(rows), dtype=torch.long).index_add(0, scored.rows, wrong)
-        return [int(m) == 0 for m in misses]
+        misses = torch.zeros(len(self.prepared), dtype=torch.long)
+        return [int(m) == 0 for m in misses.index_add(0, scored.rows, wrong)]
 
-    def agreement(self, slot: Scorer) -> float:
-        """Share of the base's correct probes whose whole greedy answer, up to the checked
-        string, the slot's adapter still picks token by token (1.0 if none).
+    def retention(self, slot: Scorer) -> float:
+        """Share of the base's correct probes the slot's adapter still answers correctly,
+        greedily (1.0 if none): ``generation_accuracy`` on those probes, computed fast.
 
-        Every token agreeing means greedy decoding reproduces the base's answer there, so
-        the adapter passes the probe too: a lower bound of ``generation_accuracy``, from
-        one batched forward (the prompts' frozen layers cached) instead of a generation.
+        A probe whose every answer token, up to the checked string, is still the adapter's
+        argmax is proved kept: greedy decoding would say the same. Only the others (an
+        answer now starting "In Brazil, ..." may still pass) are generated and checked.
         """
         if not self.prepared:
             return 1.0
-        return sum(self._agreeing(slot)) / len(self.prepared)
+        agreeing = self._agreeing(slot)
+        unsure = [p.probe for p, ok in zip(self.prepared, agreeing, strict=True) if not ok]
+        kept = sum(agreeing)
+        if unsure:
+            answers = generate(
+                slot.model,
+                slot.base.tokenizer,
+                [as_messages(p.prompt) for p in unsure],
+                max_new_tokens=self.max_new_tokens,
+            )
+            kept += sum(p.passes(a) for p, a in zip(unsure, answers, strict=True))
+        return kept / len(self.prepared)
 
     def generation_accuracy(self, model, tokenizer) -> float:
         """Greedy answers checked by string: the plain definition, slower."""

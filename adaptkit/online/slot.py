@@ -119,6 +119,12 @@ class AdapterSlot:
             for parameter, saved in zip(self.parameters(), snapshot, strict=True):
                 parameter.copy_(saved)
 
+    def interpolate(self, start: list[Tensor], end: list[Tensor], fraction: float) -> None:
+        """Set the adapter to ``start + fraction * (end - start)``, parameter by parameter."""
+        with torch.no_grad():
+            for parameter, a, b in zip(self.parameters(), start, end, strict=True):
+                parameter.copy_(a + fraction * (b - a))
+
     def save(self, directory: Path) -> None:
         """PEFT format (adapter_config.json + adapter_model.safetensors)."""
         self.model.save_pretrained(directory)

@@ -38,15 +38,21 @@ class OnlineConfig:
 
     method: str = field(default="sft", metadata={"help": "update rule: sft|dpo|kto|distill"})
     steps: int = field(default=4, metadata={"help": "optimizer steps per update"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
     max_length: int = field(default=96, metadata={"help": "tokens kept per example"})
     max_events: int = field(default=16, metadata={"help": "events coalesced into one update"})
     replay: int = field(default=2, metadata={"help": "earlier answers replayed per step"})
-    anchor_prompts: int = field(default=2, metadata={"help": "general prompts per step (KL)"})
-    kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(base || adapter)"})
+    anchor_prompts: int = field(default=4, metadata={"help": "general prompts per step (KL)"})
+    kl_weight: float = field(default=10.0, metadata={"help": "weight of KL(base || adapter)"})
+    anchor_tokens: int = field(
+        default=12, metadata={"help": "tokens of each general prompt's base answer under KL"}
+    )
     l2_weight: float = field(default=0.0, metadata={"help": "pull toward the previous version"})
     beta: float = field(default=0.1, metadata={"help": "dpo/kto temperature"})
     holdout_every: int = field(default=5, metadata={"help": "hold back events with id % N == 0"})
+    backtrack: int = field(
+        default=1, metadata={"help": "halvings of an update tried when the gate refuses it"}
+    )
     teacher_tokens: int = field(default=48, metadata={"help": "distill: teacher answer length"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
@@ -58,9 +64,11 @@ class OnlineConfig:
             ("steps", 1),
             ("max_events", 1),
             ("teacher_tokens", 1),
+            ("anchor_tokens", 1),
             ("replay", 0),
             ("anchor_prompts", 0),
             ("holdout_every", 0),
+            ("backtrack", 0),
         ):
             value = getattr(self, name)
             if value < least:
@@ -88,13 +96,15 @@ class AnchorSet:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, slot: AdapterSlot, prompts: Sequence[str], max_length: int) -> AnchorSet:
+    def build(
+        cls, slot: AdapterSlot, prompts: Sequence[str], max_length: int, answer_tokens: int = 32
+    ) -> AnchorSet:
         if not prompts:
             return cls([], [])
         tokenizer = slot.base.tokenizer
         conversations = [as_messages(p) for p in prompts]
         with slot.model.disable_adapter():
-            answers = generate(slot.model, tokenizer, conversations, max_new_tokens=32)
+            answers = generate(slot.model, tokenizer, conversations, max_new_tokens=answer_tokens)
         rows = [(tuple(c), a) for c, a in zip(conversations, answers, strict=True) if a.strip()]
         scored = slot.scored(encode_rows(tokenizer, rows, max_length), adapter=False)
         logps = torch.log_softmax(scored.logits.float(), dim=-1)

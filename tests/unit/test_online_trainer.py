@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from adaptkit.online import (
 )
 from adaptkit.online.probes import probes_from_answers
 from adaptkit.online.rules import SFTRule
+from adaptkit.online.slot import AdapterSlot
 from adaptkit.prompting import as_messages, generate
 from adaptkit.registry import ACTIVE, CANDIDATE, RETIRED, Registry
 from adaptkit.registry.blobs import ADAPTER_WEIGHTS
@@ -96,7 +97,10 @@ def test_gate_holds_back_a_candidate_that_forgets(registry, tiny_base) -> None:
     answers = generate(
         tiny_base.model, tiny_base.tokenizer, [as_messages(p) for p in prompts], max_new_tokens=8
     )
-    probes = ProbeSuite(probes_from_answers(prompts, answers, words=3), max_new_tokens=8)
+    # The random tiny model answers everything through near-ties: keep them all here.
+    probes = ProbeSuite(
+        probes_from_answers(prompts, answers, words=3), max_new_tokens=8, min_margin=0.0
+    )
     gate = Gate(probes, GateConfig(min_retention=1.0))
     careless = OnlineConfig(
         steps=8, lr=0.2, holdout_every=0, replay=0, anchor_prompts=0, kl_weight=0.0
@@ -179,7 +183,7 @@ def test_rollback_when_a_later_probe_check_fails(registry, tiny_base) -> None:
         feedback(trainer, 2)
         trainer.update("alice")
         trainer.gate.config = GateConfig(min_retention=1.0)
-        trainer.gate.probes.agreement = lambda slot: 0.5  # the later check now fails
+        trainer.gate.probes.retention = lambda slot: 0.5  # the later check now fails
         assert trainer.recheck("alice").number == 1
         assert registry.version("alice", 2).status_reason.startswith(
             "rolled back to v1: probe retention 0.50 < 1.00"
@@ -256,5 +260,53 @@ def test_published_blob_serves_exactly_what_was_trained(
                 plain = served(input_ids=encoded.input_ids).logits
         assert torch.allclose(ours, theirs, atol=1e-5)
         assert not torch.allclose(theirs, plain, atol=1e-4)  # the adapter does something
+    finally:
+        trainer.close()
+
+
+def test_probes_decided_by_a_near_tie_are_left_out_and_reported(tiny_base) -> None:
+    prompts = ["What is the capital of France?", "Name three fruits.", "What is a noun?"]
+    answers = generate(
+        tiny_base.model, tiny_base.tokenizer, [as_messages(p) for p in prompts], max_new_tokens=8
+    )
+    slot = AdapterSlot(tiny_base, LoraSpec(rank=4))
+    try:
+        every = ProbeSuite(probes_from_answers(prompts, answers, words=3), min_margin=0.0)
+        kept = every.prepare(slot).prepared
+        assert kept and not every.fragile
+        strict = ProbeSuite(every.probes, min_margin=1e9).prepare(slot)
+        assert strict.prepared == [] and strict.fragile == [p.probe for p in kept]
+        assert strict.retention(slot) == 1.0  # nothing left to lose
+    finally:
+        slot.model.unload()
+
+
+def test_a_refused_update_is_halved_until_the_gate_passes(registry, tiny_base) -> None:
+    trainer = make_trainer(registry, tiny_base, config=replace(FAST, holdout_every=0))
+    verdicts = iter([0.5, 1.0])  # the full update loses probes, half of it does not
+    trainer.gate.probes.retention = lambda slot: next(verdicts)
+    try:
+        feedback(trainer, 3)
+        result = trainer.update("alice")
+        assert result.promoted
+        assert "update scaled by 0.5 to pass" in result.version.status_reason
+        # What was published is the halved adapter: B of a fresh adapter starts at 0.
+        saved = load_file(str(Path(result.version.blob_path) / "adapter_model.safetensors"))
+        live = {k: v for k, v in trainer.slot.model.state_dict().items() if "lora_B" in k}
+        for key, tensor in live.items():
+            assert torch.equal(saved[key.replace(".default.weight", ".weight")], tensor)
+            assert tensor.abs().sum() > 0
+    finally:
+        trainer.close()
+
+
+def test_an_update_refused_even_halved_is_kept_whole_as_a_candidate(registry, tiny_base) -> None:
+    trainer = make_trainer(registry, tiny_base, config=replace(FAST, holdout_every=0))
+    trainer.gate.probes.retention = lambda slot: 0.5
+    try:
+        feedback(trainer, 3)
+        result = trainer.update("alice")
+        assert not result.promoted and result.version.status == CANDIDATE
+        assert "scaled" not in result.version.status_reason
     finally:
         trainer.close()
