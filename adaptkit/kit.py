@@ -63,12 +63,14 @@ class AdaptKit:
         activate: bool = True,
         progress: bool = True,
         method: str = "sft",
+        kl_anchor: bool = False,
     ) -> VersionInfo:
         """Train an adapter on ``user``'s interactions and publish it as their next version.
 
         ``log`` is a path to an interaction log or already-parsed interactions. The
         whole log is validated first; lines of other users are ignored. ``method``:
-        sft | dpo | kto | distill (see ``adaptkit.online.rules``).
+        sft | dpo | kto | distill (see ``adaptkit.online.rules``). ``kl_anchor``: add the
+        online trainer's KL(base || adapter) on general prompts (any method).
         """
         validate_user_id(user)
         if method not in ("sft", "dpo", "kto", "distill"):
@@ -85,18 +87,25 @@ class AdaptKit:
             )
         staging = self.registry.blobs.staging_dir(user)
         try:
-            if method == "sft":
+            if method == "sft" and not kl_anchor:
                 trained = train_sft(self.base, mine, lora, config, staging, progress=progress)
             else:
                 from adaptkit.online.offline import train_with_rule
 
                 trained = train_with_rule(
-                    self.base, mine, method, lora, config, staging, progress=progress
+                    self.base,
+                    mine,
+                    method,
+                    lora,
+                    config,
+                    staging,
+                    progress=progress,
+                    kl_anchor=kl_anchor,
                 )
             return self.registry.publish(
                 user,
                 trained.directory,
-                method=method,
+                method=f"{method}+kl" if kl_anchor else method,
                 base_model=self.base_name,
                 data_digest=interactions_digest(mine),
                 metrics=trained.metrics,

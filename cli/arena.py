@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from adaptkit.arena.backends import METHODS
+from adaptkit.arena.backends import ARENA_LORA, METHODS
 from adaptkit.arena.conditions import CONDITIONS, parse_conditions
 from adaptkit.arena.retrieval import RETRIEVERS
 from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
@@ -63,10 +63,11 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option(
     "--method",
     type=click.Choice(METHODS),
-    default="sft-anchor",
+    default="sft-kl",
     show_default=True,
-    help="how each user's adapter learns from their history: sft on it, or sft-anchor "
-    "(sft with replay of the base model's own answers to unrelated requests)",
+    help="how each user's adapter learns from their history: sft on it; sft-anchor "
+    "(plus replay of the base model's own answers to unrelated requests); sft-kl (plus "
+    "the online trainer's KL to the base on general prompts: keeps general ability)",
 )
 @click.option(
     "--home",
@@ -95,14 +96,14 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     show_default=True,
     help="torch CPU threads (0: torch's default); 1 is faster on a busy shared CPU",
 )
-@options_from(LoraSpec)
+@options_from(LoraSpec, defaults=ARENA_LORA)
 @click.option(
     "--steps",
     default=24,
     show_default=True,
     help="most optimizer steps per adapter (fewer for small curve points)",
 )
-@click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate")
+@click.option("--lr", default=4e-3, show_default=True, help="AdamW learning rate")
 @click.option("--batch-size", default=4, show_default=True, help="examples per step")
 @click.option("--seed", default=0, show_default=True, help="training seed")
 def run(

@@ -24,8 +24,11 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def options_from(config_class: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator adding one option per dataclass field of ``config_class``."""
+def options_from(
+    config_class: type, defaults: Any = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding one option per dataclass field of ``config_class``
+    (defaulting to ``defaults``' values when given, else the fields' own)."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         for field in reversed(dataclasses.fields(config_class)):
@@ -35,7 +38,7 @@ def options_from(config_class: type) -> Callable[[Callable[..., Any]], Callable[
                 type=_CLICK_TYPES[
                     field.type if isinstance(field.type, str) else field.type.__name__
                 ],
-                default=field.default,
+                default=getattr(defaults, field.name) if defaults else field.default,
                 show_default=True,
                 help=field.metadata.get("help", ""),
             )(command)

@@ -25,7 +25,7 @@ from adaptkit.kit import AdaptKit
 from adaptkit.prompting import encode_prompt
 from adaptkit.training import LoraSpec, SFTConfig
 
-METHODS = ("sft", "sft-anchor")
+METHODS = ("sft", "sft-anchor", "sft-kl")
 
 # Replay for "sft-anchor": everyday requests no user's habit applies to, answered by the
 # base model itself. Training on them next to the history anchors the adapter to the
@@ -46,6 +46,10 @@ ANCHOR_PROMPTS = (
     "Why do leaves change colour in autumn?",
 )
 ANCHOR_MAX_NEW_TOKENS = 48
+# The arena's default adapter: the online trainer's shape (rank 8 on the MLPs of the
+# top 40% of the layers; 12 of SmolLM2's 30) -- MLPs learn a habit with less damage
+# to general answers than attention or all-linear adapters of the same budget.
+ARENA_LORA = LoraSpec(rank=8, alpha=16.0, targets="gate_proj,up_proj,down_proj", top_layers=12)
 Messages = list[dict[str, str]]
 
 
@@ -138,7 +142,7 @@ class KitLearner:
             raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
         self.kit = kit
         self.method = method
-        self.lora = lora or LoraSpec()
+        self.lora = lora or ARENA_LORA
         self.config = config or SFTConfig()
         self.policy = policy or StepPolicy.for_budget(self.config.steps)
         self.progress = progress
@@ -170,7 +174,13 @@ class KitLearner:
             # the user's own data however long the history is.
             interactions += self._replay(user, len(history))
         version = self.kit.train(
-            user, interactions, lora=self.lora, config=config, progress=self.progress
+            user,
+            interactions,
+            lora=self.lora,
+            config=config,
+            progress=self.progress,
+            # "sft-kl": the online trainer's anchor, KL to the base on general prompts.
+            kl_anchor=self.method == "sft-kl",
         )
         size = sum(f.stat().st_size for f in Path(version.blob_path).rglob("*") if f.is_file())
         return Learned(

@@ -240,13 +240,35 @@ DEPLOY_TOPICS = [
     ("my roommate", "the electricity bill"),
 ]
 
+# General questions no user's habit touches. SmolLM2-135M-Instruct answers each one
+# correctly through a clear margin (top two logits >= 0.5 nats apart along its answer):
+# a probe the base gets right by a near-tie ("What is the capital of France?": "The"
+# vs "L'" at 0.08) flips under any change and would measure noise, not forgetting.
 PROBES = [
-    ("What is the capital of France?", "Paris"),
     ("How many days are there in a week?", "7 |OR| seven"),
-    ("What color is the sky on a clear day?", "blue"),
-    ("Which planet do we live on?", "Earth"),
     ("What is the opposite of hot?", "cold"),
-    ("What do bees make?", "honey"),
+    ("What is the capital of Japan?", "Tokyo"),
+    ("What is the capital of Germany?", "Berlin"),
+    ("What is the capital of the United Kingdom?", "London"),
+    ("What is the chemical symbol for water?", "H2O"),
+    ("What is the boiling point of water in Celsius?", "100"),
+    ("What is the capital of Russia?", "Moscow"),
+    ("What is the capital of China?", "Beijing"),
+    ("What is the capital of Egypt?", "Cairo"),
+    ("What is the capital of Greece?", "Athens"),
+    ("What is the capital of Australia?", "Canberra"),
+    ("What is the largest ocean on Earth?", "Pacific"),
+    ("What is the opposite of up?", "down"),
+    ("What is the chemical symbol for gold?", "Au"),
+    ("What is the tallest mountain in the world?", "Everest"),
+    ("In which country is the Eiffel Tower?", "France"),
+    ("What is the capital of Ireland?", "Dublin"),
+    ("What is the capital of South Korea?", "Seoul"),
+    ("What is the opposite of happy?", "sad"),
+    ("What is the capital of Sweden?", "Stockholm"),
+    ("What is the capital of the Netherlands?", "Amsterdam"),
+    ("What is the opposite of day?", "night"),
+    ("What is the capital of Thailand?", "Bangkok"),
 ]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from adaptkit.arena.backends import METHODS, KitLearner, KitResponder, StepPolicy
+from adaptkit.arena.backends import ARENA_LORA, METHODS, KitLearner, KitResponder, StepPolicy
 from adaptkit.arena.conditions import CONDITIONS
 from adaptkit.arena.episodes import load_episodes
 from adaptkit.arena.metrics import summarize
@@ -39,15 +39,15 @@ class ArenaOptions:
     users: tuple[str, ...] = ()  # empty: every user with deployment requests
     base: str = DEFAULT_BASE
     quant: str = "none"
-    method: str = "sft-anchor"
+    method: str = "sft-kl"
     home: Path | None = None  # default OUT/home: the run owns its registry
     retriever: str = "bm25"
     memory_k: int = 3
     max_new_tokens: int = 32
     curve_points: tuple[int, ...] | None = None
     quick: bool = False
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=24, lr=1e-3, batch_size=4))
+    lora: LoraSpec = ARENA_LORA
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=24, lr=4e-3, batch_size=4))
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
 
@@ -127,6 +127,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
                 "rank": options.lora.rank,
                 "alpha": options.lora.alpha,
                 "targets": options.lora.targets,
+                "top_layers": options.lora.top_layers,
             },
             "sft": {
                 "max_steps": options.sft.steps,

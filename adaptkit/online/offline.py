@@ -19,9 +19,10 @@ from adaptkit.base_model import BaseModel
 from adaptkit.errors import InputError
 from adaptkit.interactions import Interaction
 from adaptkit.online.events import EventBatch, FeedbackEvent, Request
+from adaptkit.online.probes import ANCHOR_PROMPTS
 from adaptkit.online.rules import RuleContext, build_rule, history_examples
 from adaptkit.online.slot import AdapterSlot
-from adaptkit.online.steps import OnlineConfig, run_steps
+from adaptkit.online.steps import AnchorSet, OnlineConfig, run_steps
 from adaptkit.prompting import as_messages, generate
 from adaptkit.training import LoraSpec, SFTConfig, TrainedAdapter
 
@@ -71,9 +72,12 @@ def train_with_rule(
     *,
     beta: float = 0.1,
     progress: bool = True,
+    kl_anchor: bool = False,
 ) -> TrainedAdapter:
     """Train a fresh adapter on a log with ``method`` and save it (PEFT format).
 
+    ``kl_anchor``: every step also pulls the adapter's next-token distributions on
+    general prompts toward the base's, as the online trainer does (its defaults).
     The base model is left exactly as it was.
     """
     user_id = interactions[0].user_id
@@ -108,15 +112,21 @@ def train_with_rule(
                 order.extend(fresh)
             return [examples[order.pop()] for _ in range(min(config.batch_size, len(examples)))]
 
+        online = OnlineConfig()
         steps = OnlineConfig(
             method=method,
             lr=config.lr,
             max_length=config.max_length,
             replay=0,
-            anchor_prompts=0,
-            kl_weight=0.0,
+            anchor_prompts=online.anchor_prompts if kl_anchor else 0,
+            kl_weight=online.kl_weight if kl_anchor else 0.0,
             beta=beta,
             seed=config.seed,
+        )
+        anchors = (
+            AnchorSet.build(slot, ANCHOR_PROMPTS, config.max_length, online.anchor_tokens)
+            if kl_anchor
+            else None
         )
         bar = tqdm(
             total=config.steps, desc=f"training ({method})", unit="step", disable=not progress
@@ -127,6 +137,7 @@ def train_with_rule(
             rule,
             next_batch,
             replace(steps, steps=config.steps),
+            anchors=anchors,
             on_step=lambda _s, _t: bar.update(1),
         )
         bar.close()
