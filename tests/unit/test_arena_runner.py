@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from adaptkit.arena import ArenaConfig, ArenaRunner, BM25Retriever, Learned, load_episodes
@@ -16,6 +17,7 @@ from adaptkit.arena.metrics import summarize
 from adaptkit.arena.report import write_report
 from adaptkit.arena.runner import curve_points
 from adaptkit.cli.main import main
+from adaptkit.errors import InputError
 
 VALUES = {"alice": "bicycle", "bob": "scooter"}
 
@@ -213,6 +215,8 @@ def test_cli_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) 
             "1",
             "--retriever",
             "bm25",
+            "--top-layers",
+            "1",  # the tiny model has 2 layers; the default (12) is SmolLM2's top 40%
         ],
     )
     assert result.exit_code == 0, result.output
@@ -274,3 +278,25 @@ def test_sft_anchor_replays_the_base_models_own_answers(tmp_path: Path, tiny_mod
     assert [answer for _, answer in learner.anchors()[:3]] == base_answers
     plain = KitLearner(kit, method="sft", config=SFTConfig(steps=2)).learn("alice", history)
     assert plain.examples == 3 and plain.version == learned.version + 1
+
+
+def test_sft_kl_trains_with_the_online_kl_anchor(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
+    from adaptkit.arena import KitLearner
+    from adaptkit.kit import AdaptKit
+    from adaptkit.online import steps
+    from adaptkit.training import LoraSpec, SFTConfig
+
+    calls = []
+    original = steps.losses.kl_to_reference
+    monkeypatch.setattr(steps.losses, "kl_to_reference", lambda *a: calls.append(1) or original(*a))
+    kit = AdaptKit(tmp_path / "home", base=str(tiny_model_dir))
+    history = load_episodes(_suite(tmp_path)).history["alice"][:3]
+    lora = LoraSpec(rank=2, targets="gate_proj,up_proj,down_proj", top_layers=1)
+    learned = KitLearner(kit, method="sft-kl", lora=lora, config=SFTConfig(steps=2)).learn(
+        "alice", history
+    )
+    version = kit.registry.versions("alice")[-1]
+    assert learned.version == version.number and version.method == "sft+kl"
+    assert calls, "the KL anchor never ran"
+    with pytest.raises(InputError, match="--top-layers 3: the model has only 2"):
+        KitLearner(kit, method="sft-kl", lora=LoraSpec(top_layers=3)).learn("alice", history)
