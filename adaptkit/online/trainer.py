@@ -28,12 +28,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from torch import Tensor
+
 from adaptkit.base_model import BaseModel
 from adaptkit.online.events import EventBatch, FeedbackEvent
 from adaptkit.online.feedback_log import FeedbackLog
 from adaptkit.online.gate import Gate, GateResult, heldout_loss
 from adaptkit.online.probes import ANCHOR_PROMPTS, ProbeSuite
-from adaptkit.online.rules import RuleContext, build_rule, history_examples
+from adaptkit.online.rules import Example, RuleContext, build_rule, history_examples
 from adaptkit.online.slot import AdapterSlot
 from adaptkit.online.steps import AnchorSet, NonFiniteLossError, OnlineConfig, run_steps
 from adaptkit.prompting import generate
@@ -203,21 +205,7 @@ class OnlineTrainer:
             )
         timings["train"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        verdict = self.gate.check(self.slot, heldout, reference_loss, self.config.max_length)
-        # Backtracking line search on the update: a step that costs general ability is
-        # shortened (halved, up to ``backtrack`` times) rather than thrown away, so a
-        # user keeps moving toward their feedback at the pace retention allows.
-        trained, fraction = self.slot.snapshot(), 1.0
-        for _ in range(self.config.backtrack if not verdict.passed else 0):
-            fraction /= 2
-            self.slot.interpolate(warm, trained, fraction)
-            verdict = self.gate.check(self.slot, heldout, reference_loss, self.config.max_length)
-            if verdict.passed:
-                verdict = verdict.with_note(f"update scaled by {fraction:g} to pass")
-                break
-        else:
-            if fraction != 1.0:
-                self.slot.restore(trained)  # the candidate kept is the full update
+        verdict = self._gate(warm, heldout, reference_loss)
         timings["gate"] = time.perf_counter() - mark
         mark = time.perf_counter()
         version = self._publish(
@@ -233,6 +221,30 @@ class OnlineTrainer:
             time.perf_counter() - began,
             timings=timings,
         )
+
+    def _gate(
+        self, warm: list[Tensor], heldout: list[Example], reference_loss: float | None
+    ) -> GateResult:
+        """Gate the slot's update; a refused one is halved toward ``warm`` and re-checked.
+
+        A backtracking line search: a step that costs general ability is shortened (up
+        to ``backtrack`` halvings) rather than thrown away, so a user keeps moving toward
+        their feedback at the pace retention allows. Refused at every scale, the whole
+        update is what stays a candidate, with its own verdict.
+        """
+        max_length = self.config.max_length
+        verdict = self.gate.check(self.slot, heldout, reference_loss, max_length)
+        if verdict.passed or not self.config.backtrack:
+            return verdict
+        trained, fraction = self.slot.snapshot(), 1.0
+        for _ in range(self.config.backtrack):
+            fraction /= 2
+            self.slot.interpolate(warm, trained, fraction)
+            scaled = self.gate.check(self.slot, heldout, reference_loss, max_length)
+            if scaled.passed:
+                return scaled.with_note(f"update scaled by {fraction:g} to pass")
+        self.slot.restore(trained)
+        return verdict.with_note(f"also refused scaled down to {fraction:g}")
 
     def _publish(self, user_id, active, batch, outcomes, verdict, step_losses, n_examples):
         staging = self.registry.blobs.staging_dir(user_id)

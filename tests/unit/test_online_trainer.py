@@ -302,11 +302,14 @@ def test_a_refused_update_is_halved_until_the_gate_passes(registry, tiny_base) -
 
 def test_an_update_refused_even_halved_is_kept_whole_as_a_candidate(registry, tiny_base) -> None:
     trainer = make_trainer(registry, tiny_base, config=replace(FAST, holdout_every=0))
-    trainer.gate.probes.retention = lambda slot: 0.5
+    verdicts = iter([0.25, 0.5])  # the full update, then half of it: both refused
+    trainer.gate.probes.retention = lambda slot: next(verdicts)
     try:
         feedback(trainer, 3)
         result = trainer.update("alice")
         assert not result.promoted and result.version.status == CANDIDATE
-        assert "scaled" not in result.version.status_reason
+        # The whole update is kept, with its own verdict.
+        assert result.version.metrics["retention"] == 0.25
+        assert "also refused scaled down to 0.5" in result.version.status_reason
     finally:
         trainer.close()
