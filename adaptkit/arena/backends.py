@@ -22,6 +22,7 @@ from adaptkit.arena.episodes import HistoryRecord
 from adaptkit.errors import InputError
 from adaptkit.interactions import Interaction, Message
 from adaptkit.kit import AdaptKit
+from adaptkit.online.trainer import online_lora
 from adaptkit.prompting import encode_prompt
 from adaptkit.training import LoraSpec, SFTConfig
 
@@ -46,10 +47,10 @@ ANCHOR_PROMPTS = (
     "Why do leaves change colour in autumn?",
 )
 ANCHOR_MAX_NEW_TOKENS = 48
-# The arena's default adapter: the online trainer's shape (rank 8 on the MLPs of the
-# top 40% of the layers; 12 of SmolLM2's 30) -- MLPs learn a habit with less damage
-# to general answers than attention or all-linear adapters of the same budget.
-ARENA_LORA = LoraSpec(rank=8, alpha=16.0, targets="gate_proj,up_proj,down_proj", top_layers=12)
+# The arena CLI's default adapter: the online trainer's shape on SmolLM2 (rank 8 on the
+# MLPs of the top 40% of the layers, 12 of 30). ``KitLearner`` without a spec computes
+# that shape for whatever model it trains (``online_lora``).
+ARENA_LORA = online_lora(30)
 Messages = list[dict[str, str]]
 
 
@@ -74,6 +75,10 @@ class Responder(Protocol):
 
 class Learner(Protocol):
     method: str
+
+    def lora_spec(self) -> LoraSpec:
+        """The adapter shape trained: the given one, else the online trainer's."""
+        return self.lora or online_lora(self.kit.base.model.config.num_hidden_layers)
 
     def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned: ...
 
@@ -142,7 +147,7 @@ class KitLearner:
             raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
         self.kit = kit
         self.method = method
-        self.lora = lora or ARENA_LORA
+        self.lora = lora
         self.config = config or SFTConfig()
         self.policy = policy or StepPolicy.for_budget(self.config.steps)
         self.progress = progress
@@ -163,6 +168,10 @@ class KitLearner:
             for request, answer in self.anchors()[:count]
         ]
 
+    def lora_spec(self) -> LoraSpec:
+        """The adapter shape trained: the given one, else the online trainer's."""
+        return self.lora or online_lora(self.kit.base.model.config.num_hidden_layers)
+
     def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned:
         if not history:
             raise InputError(f"user {user!r} has no history records to learn from")
@@ -176,7 +185,7 @@ class KitLearner:
         version = self.kit.train(
             user,
             interactions,
-            lora=self.lora,
+            lora=self.lora_spec(),
             config=config,
             progress=self.progress,
             # "sft-kl": the online trainer's anchor, KL to the base on general prompts.

@@ -7,12 +7,12 @@ paths = run_arena(ArenaOptions(out=Path("arena-out"), quick=True))
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from adaptkit.arena.backends import ARENA_LORA, METHODS, KitLearner, KitResponder, StepPolicy
+from adaptkit.arena.backends import METHODS, KitLearner, KitResponder, StepPolicy
 from adaptkit.arena.conditions import CONDITIONS
 from adaptkit.arena.episodes import load_episodes
 from adaptkit.arena.metrics import summarize
@@ -46,7 +46,7 @@ class ArenaOptions:
     max_new_tokens: int = 32
     curve_points: tuple[int, ...] | None = None
     quick: bool = False
-    lora: LoraSpec = ARENA_LORA
+    lora: LoraSpec | None = None  # None: the online trainer's shape for this model
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=24, lr=4e-3, batch_size=4))
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
@@ -123,12 +123,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
             "quick": options.quick,
             "threads": torch.get_num_threads(),
             "home": str(kit.home.root),
-            "lora": {
-                "rank": options.lora.rank,
-                "alpha": options.lora.alpha,
-                "targets": options.lora.targets,
-                "top_layers": options.lora.top_layers,
-            },
+            "lora": asdict(learner.lora_spec()),
             "sft": {
                 "max_steps": options.sft.steps,
                 "lr": options.sft.lr,
