@@ -8,11 +8,12 @@ Two measurements:
   correct answers are fixed once (``ProbeSuite.prepare``); a candidate provably keeps
   a probe when, fed the base's answer up to the end of the checked string ("The
   capital of France is Paris"), its argmax at every one of those tokens is the base's
-  token: greedy decoding would say the same. One batched forward settles most probes;
-  only the rest are generated.
+  token: greedy decoding says the same. One batched forward (its frozen layers cached)
+  settles most probes; only the rest are generated.
 
-``retention`` = probes kept / probes the base answers correctly. The default set is
-what SmolLM2-135M-Instruct gets right; any model's own correct answers can be used.
+``retention`` = probes kept / probes the base answers correctly through a clear margin
+(``min_margin``; the near-ties are listed in ``fragile``). The default set is what
+SmolLM2-135M-Instruct gets right; any model's own correct answers can be used.
 ``ANCHOR_PROMPTS`` are different prompts, used by the trainer's KL anchor, so the gate
 never measures on what the trainer was anchored to.
 """
@@ -209,12 +210,11 @@ class ProbeSuite:
         def padded(values: list[int], fill: int) -> list[int]:
             return values + [fill] * (width - len(values))
 
-        encoded = Encoded(
+        return Encoded(
             input_ids=torch.tensor([padded(q + a, 0) for q, a in rows]),
             labels=torch.tensor([padded([-100] * len(q) + a, -100) for q, a in rows]),
             attention_mask=torch.tensor([padded([1] * (len(q) + len(a)), 0) for q, a in rows]),
         )
-        return encoded
 
     @torch.no_grad()
     def _margins(self, slot: Scorer) -> list[float]:
@@ -241,8 +241,9 @@ class ProbeSuite:
         greedily (1.0 if none): ``generation_accuracy`` on those probes, computed fast.
 
         A probe whose every answer token, up to the checked string, is still the adapter's
-        argmax is proved kept: greedy decoding would say the same. Only the others (an
-        answer now starting "In Brazil, ..." may still pass) are generated and checked.
+        argmax is kept: greedy decoding picks the same tokens (up to floating-point ties).
+        Only the others (an answer now starting "In Brazil, ..." may still pass) are
+        generated and checked.
         """
         if not self.prepared:
             return 1.0
