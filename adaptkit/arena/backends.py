@@ -13,20 +13,25 @@ The runner never imports torch or PEFT: swapping either piece changes no runner 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from adaptkit.arena.episodes import HistoryRecord
+from adaptkit.base_model import load_base
 from adaptkit.errors import InputError
 from adaptkit.interactions import Interaction, Message
 from adaptkit.kit import AdaptKit
-from adaptkit.online.trainer import online_lora
+from adaptkit.online.events import FeedbackEvent
+from adaptkit.online.steps import OnlineConfig
+from adaptkit.online.trainer import OnlineTrainer, online_lora
 from adaptkit.prompting import encode_prompt
 from adaptkit.training import LoraSpec, SFTConfig
 
-METHODS = ("sft", "sft-anchor", "sft-kl")
+KIT_METHODS = ("sft", "sft-anchor", "sft-kl")  # trained by AdaptKit.train
+METHODS = (*KIT_METHODS, "online")  # online: streamed through OnlineTrainer
 
 # Replay for "sft-anchor": everyday requests no user's habit applies to, answered by the
 # base model itself. Training on them next to the history anchors the adapter to the
@@ -143,8 +148,8 @@ class KitLearner:
         policy: StepPolicy | None = None,
         progress: bool = False,
     ) -> None:
-        if method not in METHODS:
-            raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+        if method not in KIT_METHODS:
+            raise InputError(f"--method {method!r} is not one of {', '.join(KIT_METHODS)}")
         self.kit = kit
         self.method = method
         self.lora = lora
@@ -199,3 +204,71 @@ class KitLearner:
             adapter_bytes=size,
             examples=int(version.metrics.get("examples", len(history))),
         )
+
+
+class OnlineLearner:
+    """The online protocol: each user's history streamed, in order, into ``OnlineTrainer``.
+
+    Every history record becomes an answered request and an ``accept`` of its answer;
+    at each learning-curve point the records that arrived since the last one are
+    trained in one gated update (warm start, replay, KL anchor, probe gate), exactly
+    as feedback arriving in a running app. The trainer owns a second copy of the base
+    model: the arena's answers come from the kit's copy through the bank.
+    """
+
+    method = "online"
+
+    def __init__(self, kit: AdaptKit, *, config: OnlineConfig | None = None) -> None:
+        # Every record trains: nothing is held back, the gate checks general ability.
+        self.kit = kit
+        self.config = config or OnlineConfig(holdout_every=0)
+        self._trainer: OnlineTrainer | None = None
+        self._streamed: dict[str, int] = {}
+
+    def lora_spec(self) -> LoraSpec:
+        """The new users' adapter shape of the online trainer."""
+        return online_lora(self.kit.base.model.config.num_hidden_layers)
+
+    def trainer(self) -> OnlineTrainer:
+        if self._trainer is None:
+            base = load_base(self.kit.base_name, home=self.kit.home, quant=self.kit.quant)
+            self._trainer = OnlineTrainer(
+                self.kit.registry, base, base_name=self.kit.base_name, config=self.config
+            )
+        return self._trainer
+
+    def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned:
+        if not history:
+            raise InputError(f"user {user!r} has no history records to learn from")
+        trainer = self.trainer()
+        streamed = self._streamed.get(user, 0)
+        if len(history) < streamed:
+            raise InputError(
+                f"the online protocol streams history in order: {user!r} already sent "
+                f"{streamed} records, asked to learn from the first {len(history)}"
+            )
+        for record in history[streamed:]:
+            interaction = record.interaction
+            messages = [{"role": m.role, "content": m.content} for m in interaction.messages]
+            request = trainer.log.record_request(user, messages, interaction.response or "")
+            trainer.log.record(FeedbackEvent(user, "accept", request.id))
+        self._streamed[user] = len(history)
+        started = time.perf_counter()
+        while (result := trainer.update(user)) is not None and trainer.log.pending(user).events:
+            pass  # more than max_events arrived: one update per batch
+        active = self.kit.registry.active_version(user)
+        if active is None:
+            reason = result.gate.reason if result and result.gate else "no update ran"
+            raise InputError(f"no version of {user!r} passed the gate ({reason})")
+        size = sum(f.stat().st_size for f in Path(active.blob_path).rglob("*") if f.is_file())
+        return Learned(
+            user=user,
+            version=active.number,
+            train_seconds=time.perf_counter() - started,
+            adapter_bytes=size,
+            examples=len(history),
+        )
+
+    def close(self) -> None:
+        if self._trainer is not None:
+            self._trainer.close()

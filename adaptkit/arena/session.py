@@ -12,7 +12,13 @@ from pathlib import Path
 
 import torch
 
-from adaptkit.arena.backends import METHODS, KitLearner, KitResponder, StepPolicy
+from adaptkit.arena.backends import (
+    METHODS,
+    KitLearner,
+    KitResponder,
+    OnlineLearner,
+    StepPolicy,
+)
 from adaptkit.arena.conditions import CONDITIONS
 from adaptkit.arena.episodes import load_episodes
 from adaptkit.arena.metrics import summarize
@@ -94,12 +100,16 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
 
     home = options.home if options.home is not None else options.out / "home"
     kit = AdaptKit(home, base=options.base, quant=options.quant)
-    learner = KitLearner(
-        kit,
-        method=options.method,
-        lora=options.lora,
-        config=options.sft,
-        policy=StepPolicy.for_budget(options.sft.steps),
+    learner = (
+        OnlineLearner(kit)
+        if options.method == "online"
+        else KitLearner(
+            kit,
+            method=options.method,
+            lora=options.lora,
+            config=options.sft,
+            policy=StepPolicy.for_budget(options.sft.steps),
+        )
     )
     runner = ArenaRunner(
         KitResponder(kit),
@@ -108,7 +118,11 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
         config,
         progress=options.progress,
     )
-    result = runner.run(suite)
+    try:
+        result = runner.run(suite)
+    finally:
+        if isinstance(learner, OnlineLearner):
+            learner.close()
     result.wall_seconds = time.perf_counter() - started
     summary = summarize(
         result,

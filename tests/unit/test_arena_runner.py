@@ -300,3 +300,27 @@ def test_sft_kl_trains_with_the_online_kl_anchor(tmp_path: Path, tiny_model_dir:
     assert calls, "the KL anchor never ran"
     with pytest.raises(InputError, match="--top-layers 3: the model has only 2"):
         KitLearner(kit, method="sft-kl", lora=LoraSpec(top_layers=3)).learn("alice", history)
+
+
+def test_online_method_streams_history_through_the_online_trainer(
+    tmp_path: Path, tiny_model_dir: Path
+):
+    from adaptkit.arena.backends import OnlineLearner
+    from adaptkit.kit import AdaptKit
+    from adaptkit.online import OnlineConfig
+
+    kit = AdaptKit(tmp_path / "home", base=str(tiny_model_dir))
+    history = load_episodes(_suite(tmp_path)).history["alice"]
+    config = OnlineConfig(steps=1, holdout_every=0, anchor_prompts=1, replay=1)
+    learner = OnlineLearner(kit, config=config)
+    try:
+        first = learner.learn("alice", history[:1])
+        second = learner.learn("alice", history[:3])
+        assert second.version > first.version
+        events = learner.trainer().log.events("alice")
+        assert len(events) == 3 and {e.kind for e in events} == {"accept"}
+        assert {e.outcome for e in events} == {"trained"}  # each streamed once, all trained
+        with pytest.raises(InputError, match="streams history in order"):
+            learner.learn("alice", history[:2])
+    finally:
+        learner.close()
