@@ -21,7 +21,7 @@ from typing import Protocol
 
 from adaptkit.arena.episodes import HistoryRecord
 from adaptkit.base_model import load_base
-from adaptkit.errors import InputError
+from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.interactions import Interaction, Message
 from adaptkit.kit import AdaptKit
 from adaptkit.online.events import FeedbackEvent
@@ -240,8 +240,13 @@ class OnlineLearner:
     def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned:
         if not history:
             raise InputError(f"user {user!r} has no history records to learn from")
-        trainer = self.trainer()
         streamed = self._streamed.get(user, 0)
+        if not streamed and self._has_versions(user):
+            raise InputError(
+                f"user {user!r} already has adapter versions in {self.kit.home.root}: the "
+                "online protocol starts from no adapter; use a fresh --home"
+            )
+        trainer = self.trainer()
         if len(history) < streamed:
             raise InputError(
                 f"the online protocol streams history in order: {user!r} already sent "
@@ -268,6 +273,12 @@ class OnlineLearner:
             adapter_bytes=size,
             examples=len(history),
         )
+
+    def _has_versions(self, user: str) -> bool:
+        try:
+            return bool(self.kit.registry.versions(user))
+        except UnknownUserError:
+            return False
 
     def close(self) -> None:
         if self._trainer is not None:

@@ -322,5 +322,9 @@ def test_online_method_streams_history_through_the_online_trainer(
         assert {e.outcome for e in events} == {"trained"}  # each streamed once, all trained
         with pytest.raises(InputError, match="streams history in order"):
             learner.learn("alice", history[:2])
+        # A new run over a home where the user already has versions would warm-start
+        # from them (and could report one of them): refused.
+        with pytest.raises(InputError, match="already has adapter versions"):
+            OnlineLearner(kit, config=config).learn("alice", history[:1])
     finally:
         learner.close()
