@@ -15,7 +15,7 @@ thumbs-up of bicycle answers) are recorded and one update runs. Measured:
 * ``update_latency_s_p50``: from recording the batch of 4 events to the new version
   being the user's active one in the registry (which the next request resolves);
 * ``user_success``: share of 10 held-back travel requests whose greedy answer mentions
-  cycling (bicycle|bike|cycl), after rounds 0 (base), 1, 2, 4, ... 20;
+  cycling (bicycle|bike|cycl), after round 0 (the base) and every --eval-every rounds;
 * ``retention``: greedy probe answers (string checks) kept, relative to the base, on
   the probes the base answers with a clear margin (``ProbeSuite``: a probe decided by
   a near-tie flips under any change and measures noise); ``retention_all`` is the
