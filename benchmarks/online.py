@@ -50,6 +50,7 @@ from adaptkit.online import (  # noqa: E402
 )
 from adaptkit.prompting import as_messages, generate  # noqa: E402
 from adaptkit.registry import Registry  # noqa: E402
+from adaptkit.training import LoraSpec  # noqa: E402
 
 PLACES = [
     "library",
@@ -137,7 +138,12 @@ def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args)
     registry = Registry(home.registry_url, home.adapters_dir)
     probes = ProbeSuite()
     trainer = OnlineTrainer(
-        registry, base, base_name=DEFAULT_BASE, config=config, gate=Gate(probes, gate)
+        registry,
+        base,
+        base_name=DEFAULT_BASE,
+        config=config,
+        lora=args.lora,
+        gate=Gate(probes, gate),
     )
     user = "alice"
     records = stream(args.rounds, 4)
@@ -275,12 +281,22 @@ def main() -> None:
         help="torch threads (0: torch's default; 1 on a box shared with others)",
     )
     parser.add_argument(
+        "--targets",
+        default=None,
+        help="adapter modules, e.g. q_proj,v_proj or all-linear "
+        "[default: the online trainer's shape, MLPs of the top 40%% of the layers]",
+    )
+    parser.add_argument(
+        "--top-layers", type=int, default=0, help="with --targets: adapt the last N layers only"
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="run nothing: combine the OUT.<condition>.partial.json files "
         "of runs made with --conditions (e.g. one condition per process)",
     )
     args = parser.parse_args()
+    args.lora = LoraSpec(targets=args.targets, top_layers=args.top_layers) if args.targets else None
     args.eval_rounds = set(range(args.eval_every, args.rounds + 1, args.eval_every)) | {args.rounds}
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -310,6 +326,7 @@ def main() -> None:
         "model": args.base,
         "rounds": args.rounds,
         "events_per_round": 4,
+        "adapter": {"targets": args.targets or "online_lora", "top_layers": args.top_layers},
         "threads": torch.get_num_threads(),
         "update_latency_s_p50": anchored["latency_s_p50"],
         "retention_after_20_updates": at_round(anchored, "retention", 20),

@@ -81,9 +81,7 @@ class Responder(Protocol):
 class Learner(Protocol):
     method: str
 
-    def lora_spec(self) -> LoraSpec:
-        """The adapter shape trained: the given one, else the online trainer's."""
-        return self.lora or online_lora(self.kit.base.model.config.num_hidden_layers)
+    def lora_spec(self) -> LoraSpec: ...
 
     def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned: ...
 
