@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from adaptkit.arena.backends import ARENA_LORA, METHODS
+from adaptkit.arena.backends import ARENA_LORA, ARENA_WORD_DROPOUT, METHODS
 from adaptkit.arena.conditions import CONDITIONS, parse_conditions
 from adaptkit.arena.retrieval import RETRIEVERS
 from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
@@ -107,6 +107,13 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--lr", default=4e-3, show_default=True, help="AdamW learning rate")
 @click.option("--batch-size", default=4, show_default=True, help="examples per step")
 @click.option("--seed", default=0, show_default=True, help="training seed")
+@click.option(
+    "--word-dropout",
+    default=ARENA_WORD_DROPOUT,
+    show_default=True,
+    help="drop each history request word with this probability at every training step "
+    "(words the answer repeats are kept): the adapter then follows reworded requests",
+)
 def run(
     episodes: Path,
     out: Path,
@@ -126,6 +133,7 @@ def run(
     lr: float,
     batch_size: int,
     seed: int,
+    word_dropout: float,
     **values: Any,
 ) -> None:
     """Compare conditions on EPISODES and write the report into OUT."""
@@ -145,7 +153,9 @@ def run(
         quick=quick,
         threads=threads,
         lora=build(LoraSpec, values),
-        sft=SFTConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed),
+        sft=SFTConfig(
+            steps=steps, lr=lr, batch_size=batch_size, seed=seed, word_dropout=word_dropout
+        ),
     )
     paths = run_arena(options)
     click.echo(f"report: {paths['markdown']}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from adaptkit.arena.backends import (
+    ARENA_WORD_DROPOUT,
     METHODS,
     KitLearner,
     KitResponder,
@@ -53,7 +54,11 @@ class ArenaOptions:
     curve_points: tuple[int, ...] | None = None
     quick: bool = False
     lora: LoraSpec | None = None  # None: the online trainer's shape for this model
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=24, lr=4e-3, batch_size=4))
+    sft: SFTConfig = field(
+        default_factory=lambda: SFTConfig(
+            steps=24, lr=4e-3, batch_size=4, word_dropout=ARENA_WORD_DROPOUT
+        )
+    )
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
 
@@ -142,6 +147,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
                 "max_steps": options.sft.steps,
                 "lr": options.sft.lr,
                 "batch_size": options.sft.batch_size,
+                "word_dropout": options.sft.word_dropout,
             },
         },
     )

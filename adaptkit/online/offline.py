@@ -20,11 +20,12 @@ from adaptkit.errors import InputError
 from adaptkit.interactions import Interaction
 from adaptkit.online.events import EventBatch, FeedbackEvent, Request
 from adaptkit.online.probes import ANCHOR_PROMPTS
-from adaptkit.online.rules import RuleContext, build_rule, history_examples
+from adaptkit.online.rules import Example, RuleContext, build_rule, history_examples
 from adaptkit.online.slot import AdapterSlot
 from adaptkit.online.steps import AnchorSet, OnlineConfig, run_steps
 from adaptkit.prompting import as_messages, generate
 from adaptkit.training import LoraSpec, SFTConfig, TrainedAdapter
+from adaptkit.training.augment import RequestDropout
 
 
 def events_from_log(user_id: str, interactions: Sequence[Interaction]) -> EventBatch:
@@ -103,14 +104,22 @@ def train_with_rule(
                 "(dpo needs edits or chosen/rejected pairs); try --method sft or kto"
             )
         rng = random.Random(config.seed)
+        dropout = RequestDropout(config.word_dropout)
         order: list[int] = []
 
-        def next_batch(_step: int) -> list:
+        def pick(index: int) -> Example:
+            example = examples[index]
+            if not config.word_dropout:
+                return example
+            thinned = dropout.messages(example.messages, example.completion, rng)
+            return replace(example, messages=thinned)
+
+        def next_batch(_step: int) -> list[Example]:
             if len(order) < config.batch_size:
                 fresh = list(range(len(examples)))
                 rng.shuffle(fresh)
                 order.extend(fresh)
-            return [examples[order.pop()] for _ in range(min(config.batch_size, len(examples)))]
+            return [pick(order.pop()) for _ in range(min(config.batch_size, len(examples)))]
 
         online = OnlineConfig()
         steps = OnlineConfig(

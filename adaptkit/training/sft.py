@@ -20,6 +20,7 @@ from adaptkit.base_model import BaseModel
 from adaptkit.errors import InputError
 from adaptkit.interactions import Interaction
 from adaptkit.prompting import as_messages, encode_example
+from adaptkit.training.augment import RequestDropout
 from adaptkit.training.lora import LoraSpec
 
 
@@ -34,6 +35,13 @@ class SFTConfig:
         default=384, metadata={"help": "tokens kept per example (from the end)"}
     )
     seed: int = field(default=0, metadata={"help": "random seed (example order, init)"})
+    word_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "drop each request word with this probability at every step, except "
+            "words the answer repeats: the adapter then follows requests worded otherwise"
+        },
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -45,6 +53,8 @@ class SFTConfig:
             problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_length < 8:
             problems.append(f"--max-length must be >= 8, got {self.max_length}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            problems.append(f"--word-dropout must be in [0, 1), got {self.word_dropout}")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -79,17 +89,26 @@ def train_sft(
     The base model is left exactly as it was.
     """
     tokenizer = base.tokenizer
-    examples = [
-        encode_example(tokenizer, as_messages(i.messages), i.sft_target, config.max_length)
-        for i in interactions
-        if i.sft_target is not None
+    pairs = [
+        (as_messages(i.messages), i.sft_target) for i in interactions if i.sft_target is not None
     ]
+    examples = [encode_example(tokenizer, m, t, config.max_length) for m, t in pairs]
     if not examples:
         raise InputError(
             "no trainable interactions: every line was rated -1 without an edit or a chosen answer"
         )
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    dropout = RequestDropout(config.word_dropout)
+    rng = random.Random(config.seed)
+
+    def example(index: int) -> tuple[list[int], list[int]]:
+        if not config.word_dropout:
+            return examples[index]
+        messages, target = pairs[index]
+        thinned = list(dropout.messages(messages, target, rng))
+        return encode_example(tokenizer, thinned, target, config.max_length)
+
     peft_model = get_peft_model(base.model, lora.peft_config(base.model))
     try:
         parameters = [p for p in peft_model.parameters() if p.requires_grad]
@@ -105,7 +124,7 @@ def train_sft(
                 fresh = list(range(len(examples)))
                 random.shuffle(fresh)
                 order += fresh
-            batch = [examples[order.pop()] for _ in range(min(config.batch_size, len(examples)))]
+            batch = [example(order.pop()) for _ in range(min(config.batch_size, len(examples)))]
             loss = peft_model(**_collate(batch, pad_id)).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss.item()}; lower --lr")

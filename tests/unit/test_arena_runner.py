@@ -302,6 +302,38 @@ def test_sft_kl_trains_with_the_online_kl_anchor(tmp_path: Path, tiny_model_dir:
         KitLearner(kit, method="sft-kl", lora=LoraSpec(top_layers=3)).learn("alice", history)
 
 
+def test_sft_kl_trains_on_thinned_requests_with_word_dropout(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch
+):
+    from adaptkit.arena import KitLearner
+    from adaptkit.kit import AdaptKit
+    from adaptkit.online import offline
+    from adaptkit.training import LoraSpec, SFTConfig
+
+    seen: list[str] = []
+    original = offline.run_steps
+
+    def recording(slot, rule, batches, *args, **kwargs):
+        def watched(step):
+            examples = batches(step)
+            seen.extend(e.messages[-1]["content"] for e in examples)
+            return examples
+
+        return original(slot, rule, watched, *args, **kwargs)
+
+    monkeypatch.setattr(offline, "run_steps", recording)
+    kit = AdaptKit(tmp_path / "home", base=str(tiny_model_dir))
+    history = load_episodes(_suite(tmp_path)).history["alice"][:3]
+    asked = {record.interaction.messages[-1].content for record in history}
+    lora = LoraSpec(rank=2, targets="gate_proj,up_proj,down_proj", top_layers=1)
+    config = SFTConfig(steps=8, word_dropout=0.5)
+    KitLearner(kit, method="sft-kl", lora=lora, config=config).learn("alice", history)
+    assert len(seen) == 8 * 3
+    assert any(text not in asked for text in seen)
+    version = kit.registry.versions("alice")[-1]
+    assert version.config["sft"]["word_dropout"] == 0.5  # recorded with the version
+
+
 def test_online_method_streams_history_through_the_online_trainer(
     tmp_path: Path, tiny_model_dir: Path
 ):
