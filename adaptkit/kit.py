@@ -22,6 +22,7 @@ from adaptkit.base_model import DEFAULT_BASE, BaseModel, load_base
 from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.home import Home
 from adaptkit.interactions import Interaction, interactions_digest, read_log
+from adaptkit.online.rules import RULES
 from adaptkit.prompting import as_messages, generate
 from adaptkit.registry import Registry, VersionInfo, sha256_file
 from adaptkit.registry.blobs import ADAPTER_WEIGHTS
@@ -69,12 +70,12 @@ class AdaptKit:
 
         ``log`` is a path to an interaction log or already-parsed interactions. The
         whole log is validated first; lines of other users are ignored. ``method``:
-        sft | dpo | kto | distill (see ``adaptkit.online.rules``). ``kl_anchor``: add the
+        sft | dpo | kto | distill | contrast (see ``adaptkit.online.rules``). ``kl_anchor``: add the
         online trainer's KL(base || adapter) on general prompts (any method).
         """
         validate_user_id(user)
-        if method not in ("sft", "dpo", "kto", "distill"):
-            raise InputError(f"--method {method!r} is not one of sft, dpo, kto, distill")
+        if method not in RULES:
+            raise InputError(f"--method {method!r} is not one of {', '.join(RULES)}")
         lora = lora or LoraSpec()
         config = config or SFTConfig()
         interactions = read_log(log) if isinstance(log, (str, os.PathLike)) else list(log)

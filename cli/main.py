@@ -15,6 +15,7 @@ from adaptkit.cli.feedback import feedback
 from adaptkit.cli.options import base_option, build, home_option, options_from, quant_option
 from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
+from adaptkit.online.rules import RULES
 from adaptkit.training import LoraSpec, SFTConfig
 
 
@@ -90,7 +91,7 @@ def base_info(name: str, quant: str, home: Path | None) -> None:
 @options_from(SFTConfig)
 @click.option(
     "--method",
-    type=click.Choice(["sft", "dpo", "kto", "distill"]),
+    type=click.Choice(RULES),
     default="sft",
     show_default=True,
     help="update rule (README, 'Online learning')",

@@ -30,7 +30,13 @@ from adaptkit.online.trainer import OnlineTrainer, online_lora
 from adaptkit.prompting import encode_prompt
 from adaptkit.training import LoraSpec, SFTConfig
 
-KIT_METHODS = ("sft", "sft-anchor", "sft-kl")  # trained by AdaptKit.train
+# Trained by AdaptKit.train: method -> (its update rule, whether the KL anchor is on).
+KIT_METHODS = {
+    "sft": ("sft", False),
+    "sft-anchor": ("sft", False),  # plus replayed base answers (ANCHOR_PROMPTS)
+    "sft-kl": ("sft", True),
+    "contrast-kl": ("contrast", True),
+}
 METHODS = (*KIT_METHODS, "online")  # online: streamed through OnlineTrainer
 
 # Replay for "sft-anchor": everyday requests no user's habit applies to, answered by the
@@ -188,14 +194,16 @@ class KitLearner:
             # One anchor per history record (at most all of them): the mix stays half
             # the user's own data however long the history is.
             interactions += self._replay(user, len(history))
+        rule, kl_anchor = KIT_METHODS[self.method]
         version = self.kit.train(
             user,
             interactions,
             lora=self.lora_spec(),
             config=config,
             progress=self.progress,
-            # "sft-kl": the online trainer's anchor, KL to the base on general prompts.
-            kl_anchor=self.method == "sft-kl",
+            method=rule,
+            # The online trainer's anchor: KL to the base on general prompts.
+            kl_anchor=kl_anchor,
         )
         size = sum(f.stat().st_size for f in Path(version.blob_path).rglob("*") if f.is_file())
         return Learned(

@@ -12,6 +12,8 @@ kto      unpaired thumbs up / down (and both sides of edits    only binary ratin
 distill  answers of a teacher (the base model with the user's  users state principles ("I always
          notes and retrieved history in its prompt), learned   cycle"): internalize them so the
          by the adapter *without* that context (off-policy)    prompt needs no memory
+contrast what sft learns from, plus DPO of each answer over    a user's answers follow a few
+         the user's answer to another request                  templates: answer *this* request
 ======== ===================================================== ===============================
 
 Every event gets an outcome: ``trained`` or ``skipped: <why>`` (e.g. a thumbs-down
@@ -20,8 +22,9 @@ under ``sft`` says what is wrong but not what is right). Nothing is dropped sile
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -46,6 +49,7 @@ class Example:
     rejected: str | None = None  # dpo: the dispreferred answer
     desirable: bool = True  # kto: thumbs up (True) or down (False)
     event_id: int | None = None
+    others: tuple[str, ...] = ()  # contrast: the user's answers to other requests
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,52 @@ class KTORule:
         )
 
 
+@dataclass
+class ContrastRule:
+    """SFT, plus DPO of each good answer over the same user's answer to another request.
+
+    Trained on a few answers in a few templates, an adapter learns the user's *usual*
+    answer more than the answer to *this* request: asked something worded anew, it
+    pastes its commonest template ("Here are Adidas electricity bills"). Preferring
+    each answer, for its own request, over an answer the user got for a different one
+    makes the adapter's choice depend on the request. The negatives are the user's own
+    answers (in the batch and the replay history), so it needs no more labels than sft.
+    A fresh negative is drawn at every step, from ``rng``.
+    """
+
+    weight: float = 1.0  # of the DPO term, next to the sft loss
+    beta: float = 0.1
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    name: str = "contrast"
+    needs_reference: bool = True
+
+    def select(self, batch: EventBatch, context: RuleContext) -> Selection:
+        selection = SFTRule().select(batch, context)
+        answers = dict.fromkeys(e.completion for e in (*selection.examples, *context.history))
+        examples = [
+            replace(e, others=tuple(a for a in answers if a != e.completion))
+            for e in selection.examples
+        ]
+        return Selection(examples, selection.outcomes)
+
+    def rows(self, examples: Sequence[Example]) -> list[tuple[Messages, str]]:
+        chosen = [(e.messages, e.completion) for e in examples]
+        rejected = [(e.messages, self.rng.choice(e.others)) for e in examples if e.others]
+        return chosen + rejected
+
+    def loss(self, examples, policy, reference) -> Tensor:
+        n = len(examples)
+        sums, counts = policy
+        loss = losses.sft_loss(sums[:n], counts[:n])
+        paired = [i for i, e in enumerate(examples) if e.others]
+        if not paired:  # the user's only answer so far: nothing to contrast it with
+            return loss
+        ref = reference[0]
+        return loss + self.weight * losses.dpo_loss(
+            sums[paired], sums[n:], ref[paired], ref[n:], self.beta
+        )
+
+
 def teacher_messages(
     request_messages: Messages, notes: Sequence[str], retrieved: Sequence[Example]
 ) -> list[dict[str, str]]:
@@ -325,7 +375,7 @@ class DistillRule:
         return losses.sft_loss(*policy)
 
 
-RULES = ("sft", "dpo", "kto", "distill")
+RULES = ("sft", "dpo", "kto", "distill", "contrast")
 
 
 def build_rule(name: str, *, beta: float = 0.1) -> UpdateRule:
@@ -338,6 +388,8 @@ def build_rule(name: str, *, beta: float = 0.1) -> UpdateRule:
         return KTORule(beta=beta)
     if name == "distill":
         return DistillRule()
+    if name == "contrast":
+        return ContrastRule(beta=beta)
     from adaptkit.errors import InputError
 
     raise InputError(f"--method {name!r} is not one of {', '.join(RULES)}")

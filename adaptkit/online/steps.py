@@ -36,7 +36,9 @@ class NonFiniteLossError(FloatingPointError):
 class OnlineConfig:
     """Settings of online updates. Field names are the CLI flags (``--steps`` ...)."""
 
-    method: str = field(default="sft", metadata={"help": "update rule: sft|dpo|kto|distill"})
+    method: str = field(
+        default="sft", metadata={"help": "update rule: sft|dpo|kto|distill|contrast"}
+    )
     steps: int = field(default=4, metadata={"help": "optimizer steps per update"})
     lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
     max_length: int = field(default=96, metadata={"help": "tokens kept per example"})

@@ -298,6 +298,10 @@ def test_sft_kl_trains_with_the_online_kl_anchor(tmp_path: Path, tiny_model_dir:
     version = kit.registry.versions("alice")[-1]
     assert learned.version == version.number and version.method == "sft+kl"
     assert calls, "the KL anchor never ran"
+    calls.clear()
+    contrast = KitLearner(kit, method="contrast-kl", lora=lora, config=SFTConfig(steps=2))
+    assert contrast.learn("alice", history).version == version.number + 1
+    assert kit.registry.versions("alice")[-1].method == "contrast+kl" and calls
     with pytest.raises(InputError, match="--top-layers 3: the model has only 2"):
         KitLearner(kit, method="sft-kl", lora=LoraSpec(top_layers=3)).learn("alice", history)
 

@@ -14,8 +14,10 @@ from adaptkit.home import Home
 from adaptkit.online import losses
 from adaptkit.online.events import EventBatch, FeedbackEvent, Request
 from adaptkit.online.rules import (
+    ContrastRule,
     DistillRule,
     DPORule,
+    Example,
     KTORule,
     RuleContext,
     SFTRule,
@@ -103,10 +105,43 @@ def test_each_rule_says_what_it_did_with_every_event() -> None:
     distill = DistillRule().select(batch(), context)
     assert [e.messages for e in distill.examples] == [ASK, COOK]  # student: no context
     assert set(distill.outcomes.values()) == {"trained"}
+    # contrast: sft's examples, each with the user's other answers (batch and history).
+    history = [Example(COOK, "Soup."), Example(ASK, "A lentil curry.")]
+    contrast = ContrastRule().select(batch(), RuleContext(history=history))
+    assert contrast.outcomes == sft.outcomes
+    assert [(e.completion, e.others) for e in contrast.examples] == [
+        ("By bicycle, 12 minutes.", ("A lentil curry.", "By car 10 minutes.", "Soup.")),
+        ("A lentil curry.", ("By bicycle, 12 minutes.", "By car 10 minutes.", "Soup.")),
+        ("By car 10 minutes.", ("By bicycle, 12 minutes.", "A lentil curry.", "Soup.")),
+    ]
+
+
+def test_contrast_prefers_each_answer_over_another_request_s_answer() -> None:
+    examples = [Example(ASK, "By bike.", others=("Soup.", "Tea.")), Example(COOK, "Soup.")]
+    rule = ContrastRule(weight=0.5, beta=0.1)
+    rows = rule.rows(examples)
+    # both answers for sft, then one negative: only the example with others has a pair
+    assert rows[:2] == [(ASK, "By bike."), (COOK, "Soup.")]
+    assert len(rows) == 3 and rows[2][0] == ASK and rows[2][1] in ("Soup.", "Tea.")
+    sums, counts = torch.tensor([-2.0, -3.0, -6.0]), torch.tensor([2, 3, 2])
+    reference = (torch.tensor([-4.0, -3.5, -5.0]), counts)
+    expected = losses.sft_loss(sums[:2], counts[:2]) + 0.5 * losses.dpo_loss(
+        sums[:1], sums[2:], reference[0][:1], reference[0][2:], 0.1
+    )
+    assert torch.allclose(rule.loss(examples, (sums, counts), reference), expected)
+    # a user's only answer has nothing to contrast with: plain sft
+    alone = [Example(COOK, "Soup.")]
+    assert rule.rows(alone) == [(COOK, "Soup.")]
+    assert torch.allclose(
+        rule.loss(alone, (sums[:1], counts[:1]), None), losses.sft_loss(sums[:1], counts[:1])
+    )
+    # a fresh negative each step
+    drawn = {rule.rows(examples)[2][1] for _ in range(50)}
+    assert drawn == {"Soup.", "Tea."}
 
 
 def test_teacher_prompt_holds_notes_and_retrieved_history() -> None:
-    from adaptkit.online.rules import Example, retrieve
+    from adaptkit.online.rules import retrieve
 
     history = [Example(COOK, "Lentils."), Example(ASK, "Bike, 12 minutes.")]
     found = retrieve(history, "How long to the library from home?", 1)
@@ -123,7 +158,9 @@ def tiny_base(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return load_base(str(tiny_model_dir), home=Home(tmp_path_factory.mktemp("rules-home")))
 
 
-@pytest.mark.parametrize("rule", [SFTRule(), DPORule(beta=0.5), KTORule(beta=0.5), DistillRule()])
+@pytest.mark.parametrize(
+    "rule", [SFTRule(), DPORule(beta=0.5), KTORule(beta=0.5), DistillRule(), ContrastRule(beta=0.5)]
+)
 def test_each_rule_trains_and_its_loss_falls(tiny_base, rule) -> None:
     slot = AdapterSlot(tiny_base, LoraSpec(rank=4))
     try:
