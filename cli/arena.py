@@ -68,6 +68,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     help="how each user's adapter learns from their history: sft on it; sft-anchor "
     "(plus replay of the base model's own answers to unrelated requests); sft-kl (plus "
     "the online trainer's KL to the base on general prompts: keeps general ability); "
+    "contrast-kl (sft-kl plus DPO of each answer over the user's answer to another request); "
     "online (the history streamed in order into the online trainer; needs a fresh --home)",
 )
 @click.option(
