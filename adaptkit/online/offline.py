@@ -12,7 +12,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
+import torch
 from tqdm.auto import tqdm
 
 from adaptkit.base_model import BaseModel
@@ -68,6 +70,22 @@ def events_from_log(user_id: str, interactions: Sequence[Interaction]) -> EventB
 # fresh thinning at every step missed that cache and doubled the arena's training
 # time (12 -> 25 s per user).
 DROPOUT_VIEWS = 4
+
+
+# The base model's answers to the anchor prompts, and its log-probs over them, per
+# loaded base: the base never changes while loaded, and building them (24 greedy
+# answers, then scoring) cost more than the training steps of a small history.
+_ANCHOR_SETS: WeakKeyDictionary[torch.nn.Module, dict[tuple[int, int], AnchorSet]] = (
+    WeakKeyDictionary()
+)
+
+
+def _anchor_set(slot: AdapterSlot, max_length: int, answer_tokens: int) -> AnchorSet:
+    built = _ANCHOR_SETS.setdefault(slot.base.model, {})
+    key = (max_length, answer_tokens)
+    if key not in built:
+        built[key] = AnchorSet.build(slot, ANCHOR_PROMPTS, max_length, answer_tokens)
+    return built[key]
 
 
 def train_with_rule(
@@ -144,11 +162,7 @@ def train_with_rule(
             beta=beta,
             seed=config.seed,
         )
-        anchors = (
-            AnchorSet.build(slot, ANCHOR_PROMPTS, config.max_length, online.anchor_tokens)
-            if kl_anchor
-            else None
-        )
+        anchors = _anchor_set(slot, config.max_length, online.anchor_tokens) if kl_anchor else None
         bar = tqdm(
             total=config.steps, desc=f"training ({method})", unit="step", disable=not progress
         )

@@ -288,6 +288,7 @@ def test_sft_kl_trains_with_the_online_kl_anchor(tmp_path: Path, tiny_model_dir:
 
     calls = []
     original = steps.losses.kl_to_reference
+    original_build = steps.AnchorSet.build
     monkeypatch.setattr(steps.losses, "kl_to_reference", lambda *a: calls.append(1) or original(*a))
     kit = AdaptKit(tmp_path / "home", base=str(tiny_model_dir))
     history = load_episodes(_suite(tmp_path)).history["alice"][:3]
@@ -299,9 +300,14 @@ def test_sft_kl_trains_with_the_online_kl_anchor(tmp_path: Path, tiny_model_dir:
     assert learned.version == version.number and version.method == "sft+kl"
     assert calls, "the KL anchor never ran"
     calls.clear()
+    built = []
+    monkeypatch.setattr(
+        steps.AnchorSet, "build", classmethod(lambda cls, *a: built.append(1) or original_build(*a))
+    )
     contrast = KitLearner(kit, method="contrast-kl", lora=lora, config=SFTConfig(steps=2))
     assert contrast.learn("alice", history).version == version.number + 1
     assert kit.registry.versions("alice")[-1].method == "contrast+kl" and calls
+    assert not built, "the base model's anchor answers are built once per loaded base"
     with pytest.raises(InputError, match="--top-layers 3: the model has only 2"):
         KitLearner(kit, method="sft-kl", lora=LoraSpec(top_layers=3)).learn("alice", history)
 
