@@ -70,8 +70,9 @@ class AdaptKit:
 
         ``log`` is a path to an interaction log or already-parsed interactions. The
         whole log is validated first; lines of other users are ignored. ``method``:
-        sft | dpo | kto | distill | contrast (see ``adaptkit.online.rules``). ``kl_anchor``: add the
-        online trainer's KL(base || adapter) on general prompts (any method).
+        sft | dpo | kto | distill | contrast (see ``adaptkit.online.rules``).
+        ``kl_anchor``: add the online trainer's KL(base || adapter) on general prompts
+        (any method).
         """
         validate_user_id(user)
         if method not in RULES:
