@@ -63,8 +63,8 @@ ANCHOR_MAX_NEW_TOKENS = 48
 # that shape for whatever model it trains (``online_lora``).
 ARENA_LORA = online_lora(30)
 # Word dropout on the history requests while training (``training.augment``). On the
-# bundled suite (full arena run) it lifted adapter success from 0.60 to 0.70; in a
-# one-seed sweep of the final adapters alone, 0.3 gave 0.78 and 0.5 gave 0.74.
+# bundled suite it lifted adapter success from 0.60 to 0.70 (``adaptkit arena run``
+# with ``--word-dropout 0`` vs the default; benchmarks/results/arena/).
 ARENA_WORD_DROPOUT = 0.3
 Messages = list[dict[str, str]]
 
