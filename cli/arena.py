@@ -87,6 +87,12 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--memory-k", default=3, show_default=True, help="history records in the prompt")
 @click.option("--max-new-tokens", default=32, show_default=True)
 @click.option(
+    "--answer-batch",
+    default=48,
+    show_default=True,
+    help="prompts per generation call (users and adapter versions mixed in one batch)",
+)
+@click.option(
     "--curve-points",
     default=None,
     help="history sizes k for the learning curve [default: 1,2,4,...; 2 with --quick]",
@@ -127,6 +133,7 @@ def run(
     retriever: str,
     memory_k: int,
     max_new_tokens: int,
+    answer_batch: int,
     curve_points: str | None,
     quick: bool,
     threads: int,
@@ -150,6 +157,7 @@ def run(
         retriever=retriever,
         memory_k=memory_k,
         max_new_tokens=max_new_tokens,
+        answer_batch=answer_batch,
         curve_points=_ints(curve_points, "--curve-points"),
         quick=quick,
         threads=threads,

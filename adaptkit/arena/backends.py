@@ -1,8 +1,8 @@
 """The two seams the arena runner talks through, and today's implementations over ``AdaptKit``.
 
-- ``Responder``: answer these prompts for this user (``None`` = the base model).
-  Now ``AdaptKit.chat_many`` (PEFT loads the user's active adapter); the batched
-  multi-user bank can implement the same Protocol.
+- ``Responder``: answer a batch of bank ``Request`` rows, each for its own user and
+  pinned adapter version (``user=None``: the base model). Now the bank's ``Engine``:
+  one batched forward per token whatever mix of users and versions the batch holds.
 - ``Learner``: learn this user's adapter from these history records. Now
   ``AdaptKit.train`` (SFT, published in the run's registry); the online trainer
   can implement the same Protocol.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from adaptkit.arena.episodes import HistoryRecord
+from adaptkit.bank import Engine
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.interactions import Interaction, Message
@@ -28,6 +29,7 @@ from adaptkit.online.events import FeedbackEvent
 from adaptkit.online.steps import OnlineConfig
 from adaptkit.online.trainer import OnlineTrainer, online_lora
 from adaptkit.prompting import encode_prompt
+from adaptkit.router import Request
 from adaptkit.training import LoraSpec, SFTConfig
 
 # Trained by AdaptKit.train: method -> (its update rule, whether the KL anchor is on).
@@ -81,9 +83,7 @@ class Learned:
 
 
 class Responder(Protocol):
-    def answer(
-        self, user: str | None, prompts: Sequence[Messages], *, max_new_tokens: int
-    ) -> list[str]: ...
+    def answer(self, requests: Sequence[Request], *, max_new_tokens: int) -> list[str]: ...
 
     def prompt_tokens(self, prompt: Messages) -> int: ...
 
@@ -97,28 +97,22 @@ class Learner(Protocol):
 
 
 class KitResponder:
-    """Answers through ``AdaptKit.chat_many``: base model, or the user's active adapter."""
+    """Answers through the bank's ``Engine`` over the kit's base model and registry.
 
-    def __init__(self, kit: AdaptKit, *, chunk: int = 12) -> None:
+    A batch may mix the base model, several users and several versions of one user
+    (each row pins its version): the arena answers every learning-curve point of
+    every user in a few large batches, where one small batch per user and point paid
+    the per-token overhead of generation over and over.
+    """
+
+    def __init__(self, kit: AdaptKit) -> None:
         self.kit = kit
-        self.chunk = chunk
 
-    def answer(
-        self, user: str | None, prompts: Sequence[Messages], *, max_new_tokens: int
-    ) -> list[str]:
-        # A batch is left-padded to its longest prompt: answering short and long
-        # (memory) prompts in separate calls, shortest first, avoids paying for the
-        # padding. Each call loads the adapter again (~0.6 s), cheaper than the padding.
-        order = sorted(range(len(prompts)), key=lambda i: self.prompt_tokens(prompts[i]))
-        answers: list[str] = [""] * len(prompts)
-        for start in range(0, len(order), self.chunk):
-            picked = order[start : start + self.chunk]
-            texts = self.kit.chat_many(
-                [prompts[i] for i in picked], user=user, max_new_tokens=max_new_tokens
-            )
-            for index, text in zip(picked, texts, strict=True):
-                answers[index] = text
-        return answers
+    def answer(self, requests: Sequence[Request], *, max_new_tokens: int) -> list[str]:
+        # The engine checks every row (known version, blob sha256, base) before computing.
+        with Engine(self.kit.base, self.kit.registry) as engine:
+            results = engine.generate(requests, max_new_tokens=max_new_tokens)
+        return [result.text or "" for result in results]
 
     def prompt_tokens(self, prompt: Messages) -> int:
         return len(encode_prompt(self.kit.base.tokenizer, prompt))

@@ -51,6 +51,7 @@ class ArenaOptions:
     retriever: str = "bm25"
     memory_k: int = 3
     max_new_tokens: int = 32
+    answer_batch: int = 48  # prompts per generation call
     curve_points: tuple[int, ...] | None = None
     quick: bool = False
     lora: LoraSpec | None = None  # None: the online trainer's shape for this model
@@ -93,6 +94,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
         conditions=options.conditions,
         memory_k=options.memory_k,
         max_new_tokens=options.max_new_tokens,
+        answer_batch=options.answer_batch,
         curve_points=QUICK_CURVE
         if options.quick and options.curve_points is None
         else options.curve_points,
@@ -139,6 +141,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
             "retriever": options.retriever,
             "memory_k": options.memory_k,
             "max_new_tokens": options.max_new_tokens,
+            "answer_batch": options.answer_batch,
             "quick": options.quick,
             "threads": torch.get_num_threads(),
             "home": str(kit.home.root),

@@ -155,6 +155,10 @@ class AdapterBank:
         """The user's serving version from the registry (checked per request: never stale)."""
         return self.registry.active_version(user)
 
+    def version(self, user: str, number: int) -> VersionInfo:
+        """One version of the user's, active or not (unknown user or number raises)."""
+        return self.registry.version(user, number)
+
     def shared_names(self) -> list[str]:
         if not self.shared_dir.is_dir():
             return []

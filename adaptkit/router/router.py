@@ -27,6 +27,8 @@ class AdapterCatalog(Protocol):
 
     def active_version(self, user: str) -> VersionInfo | None: ...
 
+    def version(self, user: str, number: int) -> VersionInfo: ...
+
     def shared_path(self, name: str) -> Path: ...
 
 
@@ -66,6 +68,8 @@ class Router:
             return Plan("base", None, (), "no user")
 
         user = request.user
+        if request.version is not None:
+            return self._pinned(request, compose, why_compose)
         try:
             version = self.catalog.active_version(user)
         except UnknownUserError:
@@ -87,6 +91,23 @@ class Router:
             shared = self._shared(compose)
             return Plan("composed", user, (mine, *shared), why_compose)
         return Plan("adapter", user, (mine,), f"user's active version v{version.number}")
+
+    def _pinned(self, request: Request, compose: dict[str, float], why_compose: str) -> Plan:
+        """The plan for a request naming its version: that version or an error, never
+        a silent fallback to the active one or to the cold start."""
+        number = request.version
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise InputError(
+                f"version must be a positive version number of user {request.user!r}, "
+                f"got {number!r}"
+            )
+        version = self.catalog.version(request.user, number)  # raises naming user, version
+        mine = PlannedAdapter(
+            "user", request.user, float(request.user_weight), number, version.blob_sha256, version
+        )
+        if compose:
+            return Plan("composed", request.user, (mine, *self._shared(compose)), why_compose)
+        return Plan("adapter", request.user, (mine,), f"pinned version v{number}")
 
     def plan_batch(
         self, requests: Sequence[Request], *, max_new_tokens: int

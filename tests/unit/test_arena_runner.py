@@ -1,5 +1,5 @@
 """The runner and its metrics, through the Protocol seams: scripted fakes pin every number
-exactly; the tiny random model runs the real path (AdaptKit.train + registry + chat_many)
+exactly; the tiny random model runs the real path (AdaptKit.train + registry + the bank's Engine)
 end to end through the CLI."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from adaptkit.arena.report import write_report
 from adaptkit.arena.runner import curve_points
 from adaptkit.cli.main import main
 from adaptkit.errors import InputError
+from adaptkit.router import Request
 
 VALUES = {"alice": "bicycle", "bob": "scooter"}
 
@@ -77,53 +78,58 @@ def _suite(tmp_path: Path) -> Path:
 
 
 class ScriptedLearner:
-    """Learns a user's value only after `needs` records; remembers what each user knows."""
+    """Learns a user's value only after `needs` records; each version it publishes says
+    what it was taught then (a leaky one: the last other user's value it saw)."""
 
     method = "scripted"
 
     def __init__(self, needs: int = 2, leaky: bool = False) -> None:
         self.needs, self.leaky = needs, leaky
         self.knows: dict[str, str | None] = {}
+        self.says: dict[int, str | None] = {}  # version -> the value its answers name
         self.calls: list[tuple[str, int]] = []
 
     def learn(self, user: str, history: Sequence) -> Learned:
         self.calls.append((user, len(history)))
         self.knows[user] = VALUES[user] if len(history) >= self.needs else None
-        return Learned(user, len(self.calls), 1.5, 1000, len(history))
+        version = len(self.calls)
+        others = [v for u, v in self.knows.items() if u != user and v]
+        self.says[version] = others[-1] if self.leaky and others else self.knows[user]
+        return Learned(user, version, 1.5, 1000, len(history))
 
 
 class ScriptedResponder:
-    """Base model knows nothing; oracle/memory copy what the prompt says; adapters say
-    what their learner taught them (a leaky one says another user's value)."""
+    """Base model knows nothing; oracle/memory copy what the prompt says; each adapter
+    version says what its learner taught it. Records every batch it was asked."""
 
     def __init__(self, learner: ScriptedLearner) -> None:
         self.learner = learner
+        self.batches: list[list[Request]] = []
 
-    def answer(self, user, prompts, *, max_new_tokens: int) -> list[str]:
+    def answer(self, requests: Sequence[Request], *, max_new_tokens: int) -> list[str]:
+        self.batches.append(list(requests))
         out = []
-        for prompt in prompts:
-            text = " ".join(m["content"] for m in prompt)
+        for request in requests:
+            text = " ".join(m["content"] for m in request.prompt)
             if "France" in text:
-                out.append("Paris." if user is None or user == "alice" else "No idea.")
-            elif user is None:
+                out.append("Paris." if request.user in (None, "alice") else "No idea.")
+            elif request.user is None:
                 copied = [v for v in VALUES.values() if v in text]
                 out.append(f"Use a {copied[0]}." if copied else "Walk, I guess.")
-            elif self.learner.leaky:  # carries the last other user it was trained after
-                others = [v for u, v in self.learner.knows.items() if u != user and v]
-                out.append(f"By {others[-1] if others else self.learner.knows[user]}.")
             else:
-                out.append(f"By {self.learner.knows[user]}.")
+                out.append(f"By {self.learner.says[request.version]}.")
         return out
 
     def prompt_tokens(self, prompt) -> int:
         return sum(len(m["content"].split()) for m in prompt)
 
 
-def _run(tmp_path: Path, learner: ScriptedLearner, **config) -> dict:
+def _run(
+    tmp_path: Path, learner: ScriptedLearner, responder: ScriptedResponder | None = None, **config
+) -> dict:
     suite = load_episodes(_suite(tmp_path))
-    runner = ArenaRunner(
-        ScriptedResponder(learner), learner, BM25Retriever(), ArenaConfig(**config), progress=False
-    )
+    responder = responder or ScriptedResponder(learner)
+    runner = ArenaRunner(responder, learner, BM25Retriever(), ArenaConfig(**config), progress=False)
     return summarize(runner.run(suite), {"episodes": "suite", "model": "fake"})
 
 
@@ -156,6 +162,29 @@ def test_every_number_from_scripted_backends(tmp_path: Path) -> None:
     )
     assert report["targets"]["met"]["adapter_success"]
     assert not report["targets"]["met"]["retention"]
+
+
+def test_every_version_is_answered_in_few_batches_sorted_by_length(tmp_path: Path) -> None:
+    learner = ScriptedLearner(needs=2)
+    responder = ScriptedResponder(learner)
+    report = _run(tmp_path, learner, responder, answer_batch=8)
+    rows = [request for batch in responder.batches for request in batch]
+    # 3 prompt-only conditions x 4 tasks + 1 base probe; per user 2 curve points x 2
+    # tasks, then adapter + adapter+memory (2 x 2), 1 probe and 2 leakage tasks
+    assert len(rows) == 13 + 2 * (4 + 4 + 1 + 2)
+    assert [len(batch) for batch in responder.batches] == [8, 8, 8, 8, 3]
+    # base rows first; every adapter row pins the version that learned it
+    users = [r.user for r in rows]
+    assert users.index("alice") > max(i for i, u in enumerate(users) if u is None)
+    assert {(r.user, r.version) for r in rows if r.user} == {
+        ("alice", 1), ("alice", 2), ("alice", 3), ("bob", 4), ("bob", 5), ("bob", 6),
+    }  # fmt: skip
+    # a batch can hold several versions of one user and several users
+    assert any(len({(r.user, r.version) for r in b if r.user}) > 2 for b in responder.batches)
+    tokens = [responder.prompt_tokens(list(r.prompt)) for r in rows if r.user]
+    assert tokens == sorted(tokens)
+    # batching changed nothing: k = 1 knows nothing yet, k = 2 and the final one do
+    assert report["learning_curve"]["success"] == {"0": 0.0, "1": 0.0, "2": 1.0, "all": 1.0}
 
 
 def test_a_leaky_adapter_is_caught_by_leakage_and_must_exclude(tmp_path: Path) -> None:
@@ -261,6 +290,9 @@ def test_cli_rejects_bad_input_before_loading_anything(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "telepathy" in result.output
     result = CliRunner().invoke(main, ["arena", "run", "--out", str(out), "--users", "Nobody"])
     assert result.exit_code == 2 and "Nobody" in result.output and not out.exists()
+    result = CliRunner().invoke(main, ["arena", "run", "--out", str(out), "--answer-batch", "0"])
+    assert result.exit_code == 2 and "--answer-batch must be >= 1, got 0" in result.output
+    assert not out.exists()
 
 
 def test_sft_anchor_replays_the_base_models_own_answers(tmp_path: Path, tiny_model_dir: Path):

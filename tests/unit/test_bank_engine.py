@@ -13,7 +13,7 @@ from bank_support import make_lora_dir, peft_reference, publish_dir
 from adaptkit.bank import Engine, Request, RoutingPolicy
 from adaptkit.bank.lora_linear import MultiLoraLinear
 from adaptkit.base_model import load_base
-from adaptkit.errors import InputError, UnknownUserError
+from adaptkit.errors import InputError, UnknownUserError, UnknownVersionError
 from adaptkit.home import Home
 from adaptkit.registry import Registry
 
@@ -231,3 +231,24 @@ def test_new_version_is_served_on_the_next_request(world: World, tmp_path: Path)
     assert after.tokens == peft_reference(base.model, base.tokenizer, fresh, PROMPTS[0], TOKENS)
     assert before.tokens != after.tokens
     assert rolled.tokens == before.tokens and rolled.plan.adapters[0].version == 1
+
+
+def test_pinned_versions_of_one_user_share_a_batch_with_the_active_one(
+    world: World, tmp_path: Path
+) -> None:
+    base = world.base()
+    user = "erin"
+    first = make_lora_dir(base.model, tmp_path / "v1", seed=71, rank=4)
+    second = make_lora_dir(base.model, tmp_path / "v2", seed=72, rank=2, targets=["o_proj"])
+    publish_dir(world.registry, user, first, world.base_name)
+    publish_dir(world.registry, user, second, world.base_name)  # v2 is active
+    with world.engine() as engine:
+        rows = engine.generate(
+            [Request(PROMPTS[0], user=user, version=1), Request(PROMPTS[0], user=user)],
+            max_new_tokens=TOKENS,
+        )
+        with pytest.raises(UnknownVersionError, match="'erin' has no version 3"):
+            engine.generate([Request(PROMPTS[0], user=user, version=3)], max_new_tokens=2)
+    assert [r.plan.adapters[0].version for r in rows] == [1, 2]
+    assert rows[0].tokens == peft_reference(base.model, base.tokenizer, first, PROMPTS[0], TOKENS)
+    assert rows[1].tokens == peft_reference(base.model, base.tokenizer, second, PROMPTS[0], TOKENS)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adaptkit.bank.adapter import AdapterError
-from adaptkit.errors import InputError, UnknownUserError
+from adaptkit.errors import InputError, UnknownUserError, UnknownVersionError
 from adaptkit.registry import VersionInfo
 from adaptkit.router import Plan, Request, Router, RoutingPolicy
 from adaptkit.router.router import first_error
@@ -34,6 +34,12 @@ class FakeCatalog:
             raise UnknownUserError(f"unknown user {user!r}")
         return self.versions[user]
 
+    def version(self, user: str, number: int) -> VersionInfo:
+        active = self.active_version(user)
+        if active is None or number > active.number:
+            raise UnknownVersionError(f"user {user!r} has no version {number}")
+        return version(user, number)
+
     def shared_path(self, name: str) -> Path:
         if name not in self.shared:
             raise AdapterError(f"unknown shared adapter {name!r}; known: {sorted(self.shared)}")
@@ -56,6 +62,34 @@ def test_each_kind_of_plan() -> None:
     assert cold.kind == "cold_start" and [a.name for a in cold.adapters] == ["formal"]
     shared_only = router.plan(Request("hi", compose={"formal": 1.0}))
     assert shared_only.kind == "composed" and shared_only.user is None
+
+
+def test_a_pinned_version_is_served_instead_of_the_active_one() -> None:
+    router = Router(FakeCatalog(), RoutingPolicy(default_compose={"formal": 0.3}))
+    pinned = router.plan(Request("hi", user="alice", version=2))
+    assert pinned.kind == "composed" and "default_compose" in pinned.reason
+    assert [(a.name, a.version, a.sha256) for a in pinned.adapters] == [
+        ("alice", 2, "sha-alice-2"), ("formal", None, None),
+    ]  # fmt: skip
+    alone = Router(FakeCatalog()).plan(Request("hi", user="alice", version=1))
+    assert (alone.kind, alone.adapters[0].version, alone.reason) == (
+        "adapter",
+        1,
+        "pinned version v1",
+    )
+
+
+def test_a_pinned_version_that_does_not_exist_is_an_error_never_a_fallback() -> None:
+    lenient = Router(FakeCatalog(), RoutingPolicy(cold_start="formal", unknown_users="cold_start"))
+    with pytest.raises(UnknownVersionError, match="'alice' has no version 7"):
+        lenient.plan(Request("hi", user="alice", version=7))
+    with pytest.raises(UnknownVersionError, match="'new' has no version 1"):
+        lenient.plan(Request("hi", user="new", version=1))  # known, but no adapter yet
+    with pytest.raises(UnknownUserError, match="'zed'"):
+        lenient.plan(Request("hi", user="zed", version=1))
+    for bad in (0, -1, "2", True):
+        with pytest.raises(InputError, match=f"version must be a positive.*got {bad!r}"):
+            lenient.plan(Request("hi", user="alice", version=bad))
 
 
 def test_default_compose_applies_only_when_the_request_names_none() -> None:
