@@ -66,13 +66,23 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def make_adapters(base, root: Path, users: int, rank: int, seed: int) -> list[Path]:
+def make_adapters(
+    base,
+    root: Path,
+    users: int,
+    rank: int,
+    seed: int,
+    *,
+    targets: str | list[str] = "all-linear",
+    layers: list[int] | None = None,
+) -> list[Path]:
     """One PEFT adapter made with PEFT, then copies of it with fresh random weights."""
     config = LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
         lora_dropout=0.0,
-        target_modules="all-linear",
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     template = root / "template"
