@@ -63,6 +63,10 @@ class Router:
         why_compose = "request's compose" if requested else "policy's default_compose"
 
         if request.user is None:
+            if request.version is not None:
+                raise InputError(
+                    f"version={request.version!r} names no user's adapter: set user= too"
+                )
             if compose:
                 return Plan("composed", None, self._shared(compose), f"no user; {why_compose}")
             return Plan("base", None, (), "no user")

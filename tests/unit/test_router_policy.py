@@ -87,6 +87,8 @@ def test_a_pinned_version_that_does_not_exist_is_an_error_never_a_fallback() -> 
         lenient.plan(Request("hi", user="new", version=1))  # known, but no adapter yet
     with pytest.raises(UnknownUserError, match="'zed'"):
         lenient.plan(Request("hi", user="zed", version=1))
+    with pytest.raises(InputError, match="version=2 names no user's adapter: set user="):
+        lenient.plan(Request("hi", version=2))
     for bad in (0, -1, "2", True):
         with pytest.raises(InputError, match=f"version must be a positive.*got {bad!r}"):
             lenient.plan(Request("hi", user="alice", version=bad))
