@@ -21,9 +21,7 @@ prompt, and each way's per-repeat time over peft_per_version's (median of ratios
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -34,16 +32,14 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bank import BASE, make_adapters, progress  # noqa: E402  (benchmarks/ is no package)
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is no package
+from bank import BASE, common_parser, make_adapters, progress, scratch_home  # noqa: E402
 
 from adaptkit.arena.episodes import load_episodes  # noqa: E402
 from adaptkit.arena.session import BUNDLED_SUITE  # noqa: E402
 from adaptkit.bank import Engine, Request, RoutingPolicy  # noqa: E402
 from adaptkit.base_model import load_base  # noqa: E402
-from adaptkit.home import Home  # noqa: E402
 from adaptkit.prompting import as_messages, encode_prompt, left_pad, pad_token_id  # noqa: E402
-from adaptkit.registry import Registry  # noqa: E402
 
 TARGETS = ("gate_proj", "up_proj", "down_proj")
 TOP_LAYERS = 12
@@ -58,15 +54,7 @@ def arena_prompts(count: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
-    parser.add_argument(
-        "--model-cache",
-        type=Path,
-        default=os.environ.get("ADAPTKIT_TEST_MODEL_CACHE"),
-        help="an adaptkit home whose models/ already holds the converted SmolLM2 "
-        "[default: $ADAPTKIT_TEST_MODEL_CACHE; else converted into the temp home]",
-    )
+    parser = common_parser(__doc__)
     parser.add_argument("--versions", type=int, default=8, help="adapter versions")
     parser.add_argument("--prompts", type=int, default=12, help="prompts per version")
     parser.add_argument("--batch", type=int, default=48, help="rows per mixed call")
@@ -76,10 +64,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="adaptkit-bench-") as scratch:
         root = Path(scratch)
-        home = Home(root / "home").ensure()
-        if args.model_cache is not None:
-            (home.models_dir / BASE).symlink_to(Path(args.model_cache) / "models" / BASE)
-        registry = Registry(home.registry_url, home.adapters_dir)
+        home, registry = scratch_home(root, args.model_cache)
         ours = load_base(BASE, home=home)
         layers = ours.model.config.num_hidden_layers
         progress(f"making {args.versions} adapter versions")

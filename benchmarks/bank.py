@@ -66,6 +66,28 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def common_parser(doc: str) -> argparse.ArgumentParser:
+    """``--json`` and ``--model-cache``, the flags every bank benchmark takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        default=os.environ.get("ADAPTKIT_TEST_MODEL_CACHE"),
+        help="an adaptkit home whose models/ already holds the converted SmolLM2 "
+        "[default: $ADAPTKIT_TEST_MODEL_CACHE; else converted into the temp home]",
+    )
+    return parser
+
+
+def scratch_home(root: Path, model_cache: Path | None) -> tuple[Home, Registry]:
+    """A fresh home under ``root`` (reusing a converted model cache) and its registry."""
+    home = Home(root / "home").ensure()
+    if model_cache is not None:
+        (home.models_dir / BASE).symlink_to(Path(model_cache) / "models" / BASE)
+    return home, Registry(home.registry_url, home.adapters_dir)
+
+
 def make_adapters(
     base,
     root: Path,
@@ -128,15 +150,7 @@ def paired(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
-    parser.add_argument(
-        "--model-cache",
-        type=Path,
-        default=os.environ.get("ADAPTKIT_TEST_MODEL_CACHE"),
-        help="an adaptkit home whose models/ already holds the converted SmolLM2 "
-        "[default: $ADAPTKIT_TEST_MODEL_CACHE; else converted into the temp home]",
-    )
+    parser = common_parser(__doc__)
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=16)
@@ -156,10 +170,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="adaptkit-bench-") as scratch:
         root = Path(scratch)
-        home = Home(root / "home").ensure()
-        if args.model_cache is not None:
-            (home.models_dir / BASE).symlink_to(Path(args.model_cache) / "models" / BASE)
-        registry = Registry(home.registry_url, home.adapters_dir)
+        home, registry = scratch_home(root, args.model_cache)
         ours = load_base(BASE, home=home)
         progress("making and publishing adapters")
         staged = make_adapters(ours, root, args.users, args.rank, args.seed)

@@ -73,20 +73,25 @@ class Router:
 
         user = request.user
         if request.version is not None:
-            return self._pinned(request, compose, why_compose)
-        try:
-            version = self.catalog.active_version(user)
-        except UnknownUserError:
-            if self.policy.unknown_users == "error":
-                raise
-            version, missing = None, "is not in the registry"
+            # A pinned version is served or is an error: never the active one or the
+            # cold start instead.
+            version = self.catalog.version(user, _version_number(request))
+            why = f"pinned version v{version.number}"
         else:
-            missing = "has no active adapter version yet"
-        if version is None:
-            cold = self.policy.cold_start
-            adapters = self._shared(({cold: 1.0} if cold else {}) | requested)
-            target = f"shared adapter {cold!r}" if cold else "the base model"
-            return Plan("cold_start", user, adapters, f"user {user!r} {missing}: {target}")
+            try:
+                version = self.catalog.active_version(user)
+            except UnknownUserError:
+                if self.policy.unknown_users == "error":
+                    raise
+                version, missing = None, "is not in the registry"
+            else:
+                missing = "has no active adapter version yet"
+            if version is None:
+                cold = self.policy.cold_start
+                adapters = self._shared(({cold: 1.0} if cold else {}) | requested)
+                target = f"shared adapter {cold!r}" if cold else "the base model"
+                return Plan("cold_start", user, adapters, f"user {user!r} {missing}: {target}")
+            why = f"user's active version v{version.number}"
 
         mine = PlannedAdapter(
             "user", user, float(request.user_weight), version.number, version.blob_sha256, version
@@ -94,24 +99,7 @@ class Router:
         if compose:
             shared = self._shared(compose)
             return Plan("composed", user, (mine, *shared), why_compose)
-        return Plan("adapter", user, (mine,), f"user's active version v{version.number}")
-
-    def _pinned(self, request: Request, compose: dict[str, float], why_compose: str) -> Plan:
-        """The plan for a request naming its version: that version or an error, never
-        a silent fallback to the active one or to the cold start."""
-        number = request.version
-        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise InputError(
-                f"version must be a positive version number of user {request.user!r}, "
-                f"got {number!r}"
-            )
-        version = self.catalog.version(request.user, number)  # raises naming user, version
-        mine = PlannedAdapter(
-            "user", request.user, float(request.user_weight), number, version.blob_sha256, version
-        )
-        if compose:
-            return Plan("composed", request.user, (mine, *self._shared(compose)), why_compose)
-        return Plan("adapter", request.user, (mine,), f"pinned version v{number}")
+        return Plan("adapter", user, (mine,), why)
 
     def plan_batch(
         self, requests: Sequence[Request], *, max_new_tokens: int
@@ -154,6 +142,15 @@ class Router:
             else:
                 logger.warning("%s", plan)
         return plans
+
+
+def _version_number(request: Request) -> int:
+    number = request.version
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise InputError(
+            f"version must be a positive version number of user {request.user!r}, got {number!r}"
+        )
+    return number
 
 
 def row_error(error: AdaptkitError, index: int, request: Request) -> AdaptkitError:
