@@ -11,10 +11,13 @@ from adaptkit.arena.backends import ARENA_LORA, ARENA_WORD_DROPOUT, METHODS
 from adaptkit.arena.conditions import CONDITIONS, parse_conditions
 from adaptkit.arena.retrieval import RETRIEVERS
 from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
+from adaptkit.bank import Calibration
 from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
 from adaptkit.cli.options import build, options_from
 from adaptkit.errors import InputError
 from adaptkit.training import LoraSpec, SFTConfig
+
+CALIBRATE = "calibrate_"  # Calibration.tokens is --calibrate-tokens
 
 
 @click.group()
@@ -105,6 +108,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     help="torch CPU threads (0: torch's default); 1 is faster on a busy shared CPU",
 )
 @options_from(LoraSpec, defaults=ARENA_LORA)
+@options_from(Calibration, prefix=CALIBRATE)
 @click.option(
     "--steps",
     default=24,
@@ -162,6 +166,7 @@ def run(
         quick=quick,
         threads=threads,
         lora=build(LoraSpec, values),
+        calibration=build(Calibration, values, prefix=CALIBRATE),
         sft=SFTConfig(
             steps=steps, lr=lr, batch_size=batch_size, seed=seed, word_dropout=word_dropout
         ),

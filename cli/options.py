@@ -25,16 +25,18 @@ def flag_name(field_name: str) -> str:
 
 
 def options_from(
-    config_class: type, defaults: Any = None
+    config_class: type, defaults: Any = None, *, prefix: str = ""
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator adding one option per dataclass field of ``config_class``
-    (defaulting to ``defaults``' values when given, else the fields' own)."""
+    (defaulting to ``defaults``' values when given, else the fields' own).
+    ``prefix`` goes before every flag and parameter name (``calibrate_`` + ``tokens``:
+    ``--calibrate-tokens``), for configs whose bare field names would be unclear."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         for field in reversed(dataclasses.fields(config_class)):
             command = click.option(
-                flag_name(field.name),
-                field.name,
+                flag_name(prefix + field.name),
+                prefix + field.name,
                 type=_CLICK_TYPES[
                     field.type if isinstance(field.type, str) else field.type.__name__
                 ],
@@ -47,10 +49,11 @@ def options_from(
     return decorate
 
 
-def build(config_class: type[Config], values: dict[str, Any]) -> Config:
-    """Pop the fields of ``config_class`` out of click's ``values`` and construct it."""
+def build(config_class: type[Config], values: dict[str, Any], *, prefix: str = "") -> Config:
+    """Pop the fields of ``config_class`` (named ``prefix`` + field) out of click's
+    ``values`` and construct it."""
     names = [field.name for field in dataclasses.fields(config_class)]
-    return config_class(**{name: values.pop(name) for name in names})
+    return config_class(**{name: values.pop(prefix + name) for name in names})
 
 
 # Options several commands share, so their flags and help read the same everywhere.

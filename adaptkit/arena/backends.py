@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from adaptkit.arena.episodes import HistoryRecord
-from adaptkit.bank import Engine
+from adaptkit.bank import Calibration, Engine
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.interactions import Interaction, Message
@@ -99,19 +99,25 @@ class Learner(Protocol):
 class KitResponder:
     """Answers through the bank's ``Engine`` over the kit's base model and registry.
 
+    Every row decodes the same way: greedy, with the first tokens calibrated when
+    ``calibration`` is given (``adaptkit.bank.calibration``), whatever its condition.
+
     A batch may mix the base model, several users and several versions of one user
     (each row pins its version): the arena answers every learning-curve point of
     every user in a few large batches, where one small batch per user and point paid
     the per-token overhead of generation over and over.
     """
 
-    def __init__(self, kit: AdaptKit) -> None:
+    def __init__(self, kit: AdaptKit, *, calibration: Calibration | None = None) -> None:
         self.kit = kit
+        self.calibration = calibration
 
     def answer(self, requests: Sequence[Request], *, max_new_tokens: int) -> list[str]:
         # The engine checks every row (known version, blob sha256, base) before computing.
         with Engine(self.kit.base, self.kit.registry) as engine:
-            results = engine.generate(requests, max_new_tokens=max_new_tokens)
+            results = engine.generate(
+                requests, max_new_tokens=max_new_tokens, calibration=self.calibration
+            )
         return [result.text or "" for result in results]
 
     def prompt_tokens(self, prompt: Messages) -> int:

@@ -26,6 +26,7 @@ from adaptkit.arena.metrics import summarize
 from adaptkit.arena.report import write_report
 from adaptkit.arena.retrieval import RETRIEVERS, build_retriever
 from adaptkit.arena.runner import ArenaConfig, ArenaRunner
+from adaptkit.bank import Calibration
 from adaptkit.base_model import DEFAULT_BASE
 from adaptkit.errors import InputError
 from adaptkit.kit import AdaptKit
@@ -60,6 +61,8 @@ class ArenaOptions:
             steps=24, lr=4e-3, batch_size=4, word_dropout=ARENA_WORD_DROPOUT
         )
     )
+    # How every condition decodes: calibrated first tokens (adaptkit.bank.calibration).
+    calibration: Calibration = field(default_factory=Calibration)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
 
@@ -119,7 +122,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
         )
     )
     runner = ArenaRunner(
-        KitResponder(kit),
+        KitResponder(kit, calibration=options.calibration),
         learner,
         build_retriever(options.retriever),
         config,
@@ -142,6 +145,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
             "memory_k": options.memory_k,
             "max_new_tokens": options.max_new_tokens,
             "answer_batch": options.answer_batch,
+            "calibration": asdict(options.calibration),
             "quick": options.quick,
             "threads": torch.get_num_threads(),
             "home": str(kit.home.root),

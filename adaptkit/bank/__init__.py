@@ -2,6 +2,7 @@
 mixed-user generation, merge/unmerge and composition."""
 
 from adaptkit.bank.adapter import AdapterError, AdapterWeights, LoraWeights, read_adapter
+from adaptkit.bank.calibration import Calibration, calibrated_choice
 from adaptkit.bank.compose import build_weighted_adapter
 from adaptkit.bank.engine import Engine, Result
 from adaptkit.bank.lora_linear import MultiLoraLinear
@@ -15,6 +16,7 @@ __all__ = [
     "BankStats",
     "ByteLRU",
     "CacheFullError",
+    "Calibration",
     "Engine",
     "LoraWeights",
     "MultiLoraLinear",
@@ -24,5 +26,6 @@ __all__ = [
     "Router",
     "RoutingPolicy",
     "build_weighted_adapter",
+    "calibrated_choice",
     "read_adapter",
 ]

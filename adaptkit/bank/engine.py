@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from transformers import DynamicCache
 
 from adaptkit.bank.adapter import AdapterWeights
+from adaptkit.bank.calibration import Calibration, calibrated_choice
 from adaptkit.bank.lora_linear import (
     MultiLoraLinear,
     RowDeltas,
@@ -169,8 +171,13 @@ class Engine:
         max_new_tokens: int = 64,
         min_new_tokens: int = 0,
         errors: Literal["raise", "return"] = "raise",
+        calibration: Calibration | None = None,
     ) -> list[Result]:
-        """Greedy answers for requests of any users, in one batch, each with its plan."""
+        """Greedy answers for requests of any users, in one batch, each with its plan.
+
+        ``calibration``: choose each answer's first tokens by calibrated decoding
+        (``adaptkit.bank.calibration``); None: plain greedy decoding.
+        """
         if errors not in ("raise", "return"):
             raise InputError(f"errors={errors!r}: choose 'raise' or 'return'")
         if not requests:
@@ -199,6 +206,7 @@ class Engine:
                 merge=bool(live) and plans[live[0]].kind == "merged",
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens,
+                calibration=calibration,
             )
         finally:
             for key in pinned:
@@ -238,26 +246,122 @@ class Engine:
         merge: bool,
         max_new_tokens: int,
         min_new_tokens: int,
+        calibration: Calibration | None,
     ) -> list[tuple[list[int], str]]:
         if not requests:
             return []
-        if merge:
-            with self.merged(rows[0]):
-                return self._generate(requests, max_new_tokens, min_new_tokens)
-        self.set_rows(rows)
-        try:
-            return self._generate(requests, max_new_tokens, min_new_tokens)
-        finally:
-            self.clear_rows()
-
-    def _generate(
-        self, requests: Sequence[Request], max_new_tokens: int, min_new_tokens: int
-    ) -> list[tuple[list[int], str]]:
-        """Left-padded greedy decoding, as ``adaptkit.prompting.generate`` does it."""
         tokenizer = self.base.tokenizer
         prompts = [encode_prompt(tokenizer, as_messages(r.prompt)) for r in requests]
-        pad_id = pad_token_id(tokenizer)
+        if merge:
+            with self.merged(rows[0]):
+                answers = self._decode(prompts, None, max_new_tokens, min_new_tokens, calibration)
+        else:
+            try:
+                answers = self._decode(prompts, rows, max_new_tokens, min_new_tokens, calibration)
+            finally:
+                self.clear_rows()
+        return [
+            (tokens, tokenizer.decode(tokens, skip_special_tokens=True).strip())
+            for tokens in answers
+        ]
+
+    def _decode(
+        self,
+        prompts: list[list[int]],
+        rows: Sequence[RowAdapters] | None,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        calibration: Calibration | None,
+    ) -> list[list[int]]:
+        """Each row's answer tokens. ``rows`` None: the adapters are merged already.
+
+        Calibrated: the first ``calibration.tokens`` tokens come from ``_calibrated_head``;
+        the rows still open then continue as plain greedy decoding from its KV cache.
+        """
+        if rows is not None:
+            self.set_rows(rows)
+        pad_id = pad_token_id(self.base.tokenizer)
         input_ids, attention_mask = left_pad(prompts, pad_id)
+        if calibration is None or not calibration.active:
+            return self._greedy(input_ids, attention_mask, max_new_tokens, min_new_tokens)
+        head_length = min(calibration.tokens, max_new_tokens)
+        heads, cache = self._calibrated_head(
+            input_ids, attention_mask, head_length, min_new_tokens, calibration
+        )
+        stops = set(stop_token_ids(self.base.tokenizer))
+        open_rows = [i for i, head in enumerate(heads) if head[-1] not in stops]
+        if head_length == max_new_tokens or not open_rows:
+            return heads
+        # The tail: plain greedy for the open rows, from the cache of prompt + head.
+        cache.batch_select_indices(torch.tensor(open_rows))
+        if rows is not None:
+            self.set_rows([rows[i] for i in open_rows])
+        head_ids = torch.tensor([heads[i] for i in open_rows])
+        tails = self._greedy(
+            torch.cat([input_ids[open_rows], head_ids], dim=1),
+            torch.cat([attention_mask[open_rows], torch.ones_like(head_ids)], dim=1),
+            max_new_tokens - head_length,
+            max(0, min_new_tokens - head_length),
+            cache=cache,
+        )
+        for i, tail in zip(open_rows, tails, strict=True):
+            heads[i] = heads[i] + tail
+        return heads
+
+    def _calibrated_head(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        length: int,
+        min_new_tokens: int,
+        calibration: Calibration,
+    ) -> tuple[list[list[int]], DynamicCache]:
+        """The first ``length`` answer tokens by ``calibrated_choice``, and the KV cache of
+        the request rows holding every input token but the last chosen one.
+
+        Each request row and its content-free twin run as two batches with one KV cache
+        each: the twins' prompt is a few tokens, so padding it to the requests' width
+        would cost a second full prefill.
+        """
+        tokenizer = self.base.tokenizer
+        rows = input_ids.shape[0]
+        null = encode_prompt(tokenizer, calibration.null_messages())
+        null_ids = torch.tensor([null] * rows)
+        stop_ids = stop_token_ids(tokenizer)
+        stops = torch.tensor(stop_ids)
+        pad_id = pad_token_id(tokenizer)
+        request = _Stream(self.base.model, input_ids, attention_mask)
+        prior = _Stream(self.base.model, null_ids, torch.ones_like(null_ids))
+        finished = torch.zeros(rows, dtype=torch.bool)
+        chosen = []
+        for step in range(length):
+            logits = request.logits.clone()
+            if step < min_new_tokens:
+                logits[:, stops] = float("-inf")
+            token = calibrated_choice(logits, prior.logits, calibration)
+            token = token.masked_fill(finished, pad_id)  # finished rows only pad, as HF does
+            finished |= torch.isin(token, stops)
+            chosen.append(token)
+            if step + 1 < length:
+                request.feed(token)
+                prior.feed(token)
+        answers = []
+        for head in torch.stack(chosen, dim=1).tolist():
+            end = next((i + 1 for i, t in enumerate(head) if t in stop_ids), len(head))
+            answers.append(head[:end])
+        return answers, request.cache
+
+    def _greedy(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        cache: DynamicCache | None = None,
+    ) -> list[list[int]]:
+        """Left-padded greedy decoding, as ``adaptkit.prompting.generate`` does it
+        (``cache``: the KV cache of every input token but the last)."""
+        tokenizer = self.base.tokenizer
         width = input_ids.shape[1]
         stops = stop_token_ids(tokenizer)
         output = self.base.model.generate(
@@ -267,16 +371,44 @@ class Engine:
             min_new_tokens=min_new_tokens,
             do_sample=False,
             eos_token_id=stops,
-            pad_token_id=pad_id,
+            pad_token_id=pad_token_id(tokenizer),
+            past_key_values=cache,
         )
         answers = []
         for row in output[:, width:].tolist():
             # Everything up to and including the first stop token is the row's answer.
             end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-            answers.append(
-                (row[:end], tokenizer.decode(row[:end], skip_special_tokens=True).strip())
-            )
+            answers.append(row[:end])
         return answers
+
+
+class _Stream:
+    """One batch decoded token by token over its own KV cache (left padding allowed)."""
+
+    def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor):
+        self.model = model
+        self.cache = DynamicCache()
+        self.mask = mask
+        # Positions count real tokens only, as generate's do under left padding.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.last_position = positions[:, -1:]
+        self.logits = self._forward(input_ids, positions)
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1]
+
+    def feed(self, token: torch.Tensor) -> None:
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.last_position = self.last_position + 1
+        self.logits = self._forward(token[:, None], self.last_position)
 
 
 def _shared_delta(name: str, adapters: RowAdapters) -> SharedDelta | None:

@@ -293,6 +293,11 @@ def test_cli_rejects_bad_input_before_loading_anything(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["arena", "run", "--out", str(out), "--answer-batch", "0"])
     assert result.exit_code == 2 and "--answer-batch must be >= 1, got 0" in result.output
     assert not out.exists()
+    result = CliRunner().invoke(
+        main, ["arena", "run", "--out", str(out), "--calibrate-strength", "-1"]
+    )
+    assert result.exit_code == 2 and "--calibrate-strength must be >= 0" in result.output
+    assert not out.exists()
 
 
 def test_sft_anchor_replays_the_base_models_own_answers(tmp_path: Path, tiny_model_dir: Path):
