@@ -13,7 +13,9 @@ random weights published through the registry, every row generating exactly
   peft_mixed          PEFT, one generate per batch of --batch rows, adapter_names per row
   bank_per_version    the bank's Engine, one call per version (what the arena did)
   bank_mixed          the bank's Engine, --batch rows of any versions per call, rows
-                      sorted by prompt length (what the arena does now)
+                      sorted by prompt length
+  bank_mixed_calibrated  bank_mixed with the arena's calibrated decoding (its first 3
+                      tokens scored against a content-free twin row; what the arena does)
 
 Each way runs once per repeat, in rotating order; reported: the median seconds per
 prompt, and each way's per-repeat time over peft_per_version's (median of ratios).
@@ -37,7 +39,7 @@ from bank import BASE, common_parser, make_adapters, progress, scratch_home  # n
 
 from adaptkit.arena.episodes import load_episodes  # noqa: E402
 from adaptkit.arena.session import BUNDLED_SUITE  # noqa: E402
-from adaptkit.bank import Engine, Request, RoutingPolicy  # noqa: E402
+from adaptkit.bank import Calibration, Engine, Request, RoutingPolicy  # noqa: E402
 from adaptkit.base_model import load_base  # noqa: E402
 from adaptkit.prompting import as_messages, encode_prompt, left_pad, pad_token_id  # noqa: E402
 
@@ -153,10 +155,10 @@ def build_ways(
     length = {text: len(encode_prompt(tokenizer, as_messages(text))) for _, text in rows}
     by_length = sorted(rows, key=lambda row: length[row[1]])
 
-    def bank_mixed() -> None:
+    def bank_mixed(calibration: Calibration | None = None) -> None:
         for start in range(0, len(by_length), args.batch):
             chunk = by_length[start : start + args.batch]
-            engine.generate([request(i, t) for i, t in chunk], **tokens)
+            engine.generate([request(i, t) for i, t in chunk], **tokens, calibration=calibration)
 
     def name_of(info) -> str:
         return f"{info.user_id}_v{info.number}"
@@ -193,6 +195,7 @@ def build_ways(
         "peft_mixed": peft_mixed,
         "bank_per_version": bank_per_version,
         "bank_mixed": bank_mixed,
+        "bank_mixed_calibrated": lambda: bank_mixed(Calibration()),
     }
 
 

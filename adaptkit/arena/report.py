@@ -28,13 +28,23 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _decoding(run: dict[str, Any]) -> str:
+    calibration = run.get("calibration") or {}
+    if not calibration.get("tokens") or not calibration.get("strength"):
+        return "greedy"
+    return (
+        f"greedy, first {calibration['tokens']} tokens calibrated "
+        f"(strength {calibration['strength']}, plausibility {calibration['plausibility']})"
+    )
+
+
 def markdown(summary: dict[str, Any]) -> str:
     run, conditions = summary["run"], summary["conditions"]
     lines = [
         "# Arena report",
         "",
         f"Episodes `{run['episodes']}` · model `{run['model']}` · method `{run['method']}` · "
-        f"retriever `{run['retriever']}` · {len(run['users'])} users · "
+        f"retriever `{run['retriever']}` · decoding {_decoding(run)} · {len(run['users'])} users · "
         f"wall {run['wall_seconds']:.0f} s{' · quick mode' if run.get('quick') else ''}",
         "",
         "## Success per condition",

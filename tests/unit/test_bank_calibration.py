@@ -137,3 +137,18 @@ def test_inactive_calibration_is_plain_greedy(world) -> None:
         plain = engine.generate(requests, max_new_tokens=TOKENS)
         off = engine.generate(requests, max_new_tokens=TOKENS, calibration=Calibration(tokens=0))
     assert [r.tokens for r in off] == [r.tokens for r in plain]
+
+
+def test_merged_batch_is_calibrated_too(world) -> None:
+    # One user's rows and a long enough answer: the router folds the adapter into the base.
+    from adaptkit.bank import RoutingPolicy
+
+    base, registry, _ = world
+    calibration = Calibration(tokens=4, strength=1.0, plausibility=0.05)
+    requests = [Request(prompt, user="bob") for prompt in PROMPTS]
+    policy = RoutingPolicy(merge_min_new_tokens=1)
+    with Engine(base, registry, policy=policy) as engine:
+        results = engine.generate(requests, max_new_tokens=TOKENS, calibration=calibration)
+    assert {result.plan.kind for result in results} == {"merged"}
+    for request, result in zip(requests, results, strict=True):
+        assert result.tokens == reference(world, "bob", request.prompt, calibration)
