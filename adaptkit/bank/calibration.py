@@ -21,10 +21,10 @@ greedy decoding. Calibrating further hurts: once the answer reads "The opposite 
 hot is", the content-free row sees that prefix too, and the contrast then prefers
 the rarer "cool" to "cold" (on the arena's probes, 8 calibrated tokens at
 plausibility 0.1 kept 0.78 of the base's general answers; 3 tokens at 0.3 kept 0.97).
-The content-free row runs with the same adapters as its request row, beside it: its
-prompt is a few tokens, so calibration costs a short prefill and one single-token
-forward per calibrated token (``Engine`` decodes them, then hands its KV cache to
-plain greedy decoding).
+The content-free row runs with the same adapters as its request row. ``Engine``
+decodes the calibrated tokens itself, prefilling the content-free prompt once per
+distinct adapter set in the batch, then hands the requests' KV cache to plain greedy
+decoding.
 """
 
 from __future__ import annotations
