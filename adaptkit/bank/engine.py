@@ -328,7 +328,9 @@ class Engine:
         tokenizer = self.base.tokenizer
         # rows None: merged, every row the same model.
         keys = (
-            [tuple((id(a), w) for a, w in row) for row in rows] if rows else [()] * len(input_ids)
+            [tuple((id(a), w) for a, w in row) for row in rows]
+            if rows is not None
+            else [()] * len(input_ids)
         )
         first_row: dict[tuple, int] = {}
         for index, key in enumerate(keys):
