@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+from adaptkit.bank.calibration import Calibration  # noqa: E402
+
 CONDITION_COLORS = {
     "base": "#9e9e9e",
     "oracle": "#2e7d32",
@@ -29,8 +31,8 @@ def _fmt(value: Any) -> str:
 
 
 def _decoding(run: dict[str, Any]) -> str:
-    calibration = run.get("calibration") or {}
-    if not calibration.get("tokens") or not calibration.get("strength"):
+    calibration = run.get("calibration")  # absent from reports written before it existed
+    if not calibration or not Calibration(**calibration).active:
         return "greedy"
     return (
         f"greedy, first {calibration['tokens']} tokens calibrated "

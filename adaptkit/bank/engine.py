@@ -137,8 +137,8 @@ class Engine:
         When every row has the same adapters the layers point at the cached tensors
         themselves (no copy); otherwise each layer stacks its rows' A and B once.
         """
-        first = [(id(a), w) for a, w in rows[0]]
-        uniform = all([(id(a), w) for a, w in row] == first for row in rows[1:])
+        first = _row_key(rows[0])
+        uniform = all(_row_key(row) == first for row in rows[1:])
         for name, wrapper in self.wrappers.items():
             if uniform:
                 wrapper.delta = _shared_delta(name, rows[0])
@@ -327,11 +327,7 @@ class Engine:
         """
         tokenizer = self.base.tokenizer
         # rows None: merged, every row the same model.
-        keys = (
-            [tuple((id(a), w) for a, w in row) for row in rows]
-            if rows is not None
-            else [()] * len(input_ids)
-        )
+        keys = [_row_key(row) for row in rows] if rows is not None else [()] * len(input_ids)
         first_row: dict[tuple, int] = {}
         for index, key in enumerate(keys):
             first_row.setdefault(key, index)
@@ -432,6 +428,11 @@ class _Stream:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         self.last_position = self.last_position + 1
         self.logits = self._forward(token[:, None], self.last_position)
+
+
+def _row_key(row: RowAdapters) -> tuple:
+    """Rows with equal keys compute with the very same adapters and weights."""
+    return tuple((id(adapter), weight) for adapter, weight in row)
 
 
 def _shared_delta(name: str, adapters: RowAdapters) -> SharedDelta | None:
