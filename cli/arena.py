@@ -10,6 +10,7 @@ import click
 from adaptkit.arena.backends import ARENA_LORA, ARENA_WORD_DROPOUT, METHODS
 from adaptkit.arena.conditions import CONDITIONS, parse_conditions
 from adaptkit.arena.retrieval import RETRIEVERS
+from adaptkit.arena.runner import ANSWER_BATCH
 from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
 from adaptkit.bank import Calibration
 from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
@@ -91,7 +92,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--max-new-tokens", default=32, show_default=True)
 @click.option(
     "--answer-batch",
-    default=48,
+    default=ANSWER_BATCH,
     show_default=True,
     help="prompts per generation call (users and adapter versions mixed in one batch)",
 )

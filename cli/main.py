@@ -13,6 +13,7 @@ from adaptkit.base_model import DEFAULT_BASE
 from adaptkit.cli.arena import arena
 from adaptkit.cli.feedback import feedback
 from adaptkit.cli.options import base_option, build, home_option, options_from, quant_option
+from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
 from adaptkit.online.rules import RULES
@@ -34,6 +35,7 @@ class _ErrorsAsMessages(click.Group):
 @click.version_option(package_name="adaptkit")
 def main() -> None:
     """Per-user LoRA adapters over one shared small base model."""
+    keep_freed_memory()  # training steps reuse their large buffers (adaptkit.cpu_memory)
 
 
 @main.group()

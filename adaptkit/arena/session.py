@@ -25,9 +25,10 @@ from adaptkit.arena.episodes import load_episodes
 from adaptkit.arena.metrics import summarize
 from adaptkit.arena.report import write_report
 from adaptkit.arena.retrieval import RETRIEVERS, build_retriever
-from adaptkit.arena.runner import ArenaConfig, ArenaRunner
+from adaptkit.arena.runner import ANSWER_BATCH, ArenaConfig, ArenaRunner
 from adaptkit.bank import Calibration
 from adaptkit.base_model import DEFAULT_BASE
+from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import InputError
 from adaptkit.kit import AdaptKit
 from adaptkit.training import LoraSpec, SFTConfig
@@ -52,7 +53,7 @@ class ArenaOptions:
     retriever: str = "bm25"
     memory_k: int = 3
     max_new_tokens: int = 32
-    answer_batch: int = 48  # prompts per generation call
+    answer_batch: int = ANSWER_BATCH  # prompts per generation call
     curve_points: tuple[int, ...] | None = None
     quick: bool = False
     lora: LoraSpec | None = None  # None: the online trainer's shape for this model
@@ -80,6 +81,7 @@ class ArenaOptions:
 
 def run_arena(options: ArenaOptions) -> dict[str, Path]:
     """Run the arena and write ``report.json``, ``report.md`` and plots into ``options.out``."""
+    keep_freed_memory()  # every training step reuses its large buffers (cpu_memory)
     previous = torch.get_num_threads()
     if options.threads > 0:
         # On a CPU shared with other jobs, torch's OpenMP threads stall on each other at

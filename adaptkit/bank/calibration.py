@@ -22,9 +22,8 @@ hot is", the content-free row sees that prefix too, and the contrast then prefer
 the rarer "cool" to "cold" (on the arena's probes, 8 calibrated tokens at
 plausibility 0.1 kept 0.78 of the base's general answers; 3 tokens at 0.3 kept 0.97).
 The content-free row runs with the same adapters as its request row. ``Engine``
-decodes the calibrated tokens itself, prefilling the content-free prompt once per
-distinct adapter set in the batch, then hands the requests' KV cache to plain greedy
-decoding.
+prefills the content-free prompt once per distinct adapter set in the batch and
+steps the twins beside their rows for the calibrated tokens only.
 """
 
 from __future__ import annotations

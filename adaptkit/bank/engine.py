@@ -44,6 +44,8 @@ from adaptkit.router.router import first_error, row_error
 
 DEFAULT_SHARED_DIR = Path("adapters/shared")
 RowAdapters = Sequence[tuple[AdapterWeights, float]]  # one row's adapters and their weights
+# Shorter shared prefixes are prefilled with each row: two forwards would cost more.
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass(frozen=True)
@@ -273,149 +275,120 @@ class Engine:
         min_new_tokens: int,
         calibration: Calibration | None,
     ) -> list[list[int]]:
-        """Each row's answer tokens. ``rows`` None: the adapters are merged already.
+        """Each row's answer tokens, greedy (the first ``calibration.tokens`` of them
+        calibrated). ``rows`` None: the adapters are merged already.
 
-        Calibrated: the first ``calibration.tokens`` tokens come from ``_calibrated_head``;
-        the rows still open then continue as plain greedy decoding from its KV cache.
-        """
-        pad_id = pad_token_id(self.base.tokenizer)
-        input_ids, attention_mask = left_pad(prompts, pad_id)
-        if calibration is None or not calibration.active:
-            if rows is not None:
-                self.set_rows(rows)
-            return self._greedy(input_ids, attention_mask, max_new_tokens, min_new_tokens)
-        head_length = min(calibration.tokens, max_new_tokens)
-        heads, cache = self._calibrated_head(
-            input_ids, attention_mask, rows, head_length, min_new_tokens, calibration
-        )
-        stops = set(stop_token_ids(self.base.tokenizer))
-        open_rows = [i for i, head in enumerate(heads) if head[-1] not in stops]
-        if head_length == max_new_tokens or not open_rows:
-            return heads
-        # The tail: plain greedy for the open rows, from the cache of prompt + head.
-        cache.batch_select_indices(torch.tensor(open_rows))
-        if rows is not None:
-            self.set_rows([rows[i] for i in open_rows])
-        head_ids = torch.tensor([heads[i] for i in open_rows])
-        tails = self._greedy(
-            torch.cat([input_ids[open_rows], head_ids], dim=1),
-            torch.cat([attention_mask[open_rows], torch.ones_like(head_ids)], dim=1),
-            max_new_tokens - head_length,
-            max(0, min_new_tokens - head_length),
-            cache=cache,
-        )
-        for i, tail in zip(open_rows, tails, strict=True):
-            heads[i] = heads[i] + tail
-        return heads
-
-    def _calibrated_head(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        rows: Sequence[RowAdapters] | None,
-        length: int,
-        min_new_tokens: int,
-        calibration: Calibration,
-    ) -> tuple[list[list[int]], DynamicCache]:
-        """The first ``length`` answer tokens by ``calibrated_choice``, and the KV cache of
-        the request rows holding every input token but the last chosen one.
-
-        The requests and their content-free twins run as two batches, each with its KV
-        cache. The twins' prompt (the chat template around "N/A") is the same for every
-        row, so its prefill runs once per distinct adapter set and is then copied to
-        the rows that share it: a batch of 48 rows over 10 users prefills 10 twins.
+        Finished rows leave the batch (their KV cache and adapter rows with them), so
+        a batch costs what its open answers need, not 48 rows until the longest ends.
         """
         tokenizer = self.base.tokenizer
-        # rows None: merged, every row the same model.
-        keys = [_row_key(row) for row in rows] if rows is not None else [()] * len(input_ids)
+        stop_ids = stop_token_ids(tokenizer)
+        stops = torch.tensor(stop_ids)
+        head = min(calibration.tokens, max_new_tokens) if calibration and calibration.active else 0
+        keys = [_row_key(row) for row in rows] if rows is not None else [()] * len(prompts)
+        request = self._prefill(prompts, rows, keys)
+        prior = self._twins(rows, keys, calibration) if head else None
+        open_rows = list(range(len(prompts)))  # the original index of each batch row
+        answers: list[list[int]] = [[] for _ in prompts]
+        for step in range(max_new_tokens):
+            logits = request.logits
+            if step < min_new_tokens:
+                logits = logits.clone()
+                logits[:, stops] = float("-inf")
+            if prior is not None and step < head:
+                token = calibrated_choice(logits, prior.logits, calibration)
+            else:
+                token = logits.argmax(dim=-1)
+            for index, chosen in zip(open_rows, token.tolist(), strict=True):
+                answers[index].append(chosen)
+            going = ~torch.isin(token, stops)
+            if step + 1 == max_new_tokens or not bool(going.any()):
+                break
+            if not bool(going.all()):
+                keep = going.nonzero().flatten()
+                open_rows = [open_rows[i] for i in keep.tolist()]
+                request.select(keep)
+                if prior is not None and step + 1 < head:
+                    prior.select(keep)
+                if rows is not None:
+                    self.set_rows([rows[i] for i in open_rows])
+                token = token[keep]
+            if prior is not None and step + 1 < head:
+                prior.feed(token)  # the twin reads the same answer prefix as its row
+            elif prior is not None:
+                prior = None  # calibrated head done: the twins' cache is not needed
+            request.feed(token)
+        return answers
+
+    def _prefill(
+        self, prompts: list[list[int]], rows: Sequence[RowAdapters] | None, keys: list[tuple]
+    ) -> _Stream:
+        """A stream over ``prompts``, the prefix they all share computed once per distinct
+        adapter set (with SmolLM2's chat template, a 22-token system prompt: half of a
+        short request). The rows' own tokens follow after padding, so each row reads
+        prefix + pad + its own tokens, positions counting real tokens only."""
+        shared = _common_prefix(prompts)
+        pad_id = pad_token_id(self.base.tokenizer)
+        if shared < MIN_SHARED_PREFIX or len(set(keys)) == len(prompts):
+            if rows is not None:
+                self.set_rows(rows)
+            return _Stream(self.base.model, *left_pad(prompts, pad_id))
+        stream = self._once_per_adapter_set(prompts[0][:shared], rows, keys)
+        stream.extend(*left_pad([prompt[shared:] for prompt in prompts], pad_id))
+        return stream
+
+    def _twins(
+        self, rows: Sequence[RowAdapters] | None, keys: list[tuple], calibration: Calibration
+    ) -> _Stream:
+        """The content-free twin of every row, on that row's adapters: a batch of 48 rows
+        over 10 users prefills 10 twins."""
+        null = encode_prompt(self.base.tokenizer, calibration.null_messages())
+        return self._once_per_adapter_set(null, rows, keys)
+
+    def _once_per_adapter_set(
+        self, token_ids: list[int], rows: Sequence[RowAdapters] | None, keys: list[tuple]
+    ) -> _Stream:
+        """A stream of ``token_ids`` for every row, run once per distinct adapter set and
+        copied to the rows that share it. The layers are left set for all ``rows``."""
         first_row: dict[tuple, int] = {}
         for index, key in enumerate(keys):
             first_row.setdefault(key, index)
-        slot = {key: position for position, key in enumerate(first_row)}
-        null = torch.tensor([encode_prompt(tokenizer, calibration.null_messages())])
-        null_ids = null.expand(len(first_row), -1)
+        ids = torch.tensor([token_ids]).expand(len(first_row), -1)
         if rows is not None:
             self.set_rows([rows[index] for index in first_row.values()])
-        prior = _Stream(self.base.model, null_ids, torch.ones_like(null_ids))
-        prior.select(torch.tensor([slot[key] for key in keys]))
+        stream = _Stream(self.base.model, ids, torch.ones_like(ids))
+        slot = {key: position for position, key in enumerate(first_row)}
+        stream.select(torch.tensor([slot[key] for key in keys]))
         if rows is not None:
             self.set_rows(rows)
-        request = _Stream(self.base.model, input_ids, attention_mask)
-        stop_ids = stop_token_ids(tokenizer)
-        stops = torch.tensor(stop_ids)
-        pad_id = pad_token_id(tokenizer)
-        finished = torch.zeros(len(input_ids), dtype=torch.bool)
-        chosen = []
-        for step in range(length):
-            logits = request.logits.clone()
-            if step < min_new_tokens:
-                logits[:, stops] = float("-inf")
-            token = calibrated_choice(logits, prior.logits, calibration)
-            token = token.masked_fill(finished, pad_id)  # finished rows only pad, as HF does
-            finished |= torch.isin(token, stops)
-            chosen.append(token)
-            if step + 1 < length:
-                request.feed(token)
-                prior.feed(token)
-        answers = []
-        for head in torch.stack(chosen, dim=1).tolist():
-            end = next((i + 1 for i, t in enumerate(head) if t in stop_ids), len(head))
-            answers.append(head[:end])
-        return answers, request.cache
-
-    def _greedy(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new_tokens: int,
-        min_new_tokens: int,
-        cache: DynamicCache | None = None,
-    ) -> list[list[int]]:
-        """Left-padded greedy decoding, as ``adaptkit.prompting.generate`` does it
-        (``cache``: the KV cache of every input token but the last)."""
-        tokenizer = self.base.tokenizer
-        width = input_ids.shape[1]
-        stops = stop_token_ids(tokenizer)
-        output = self.base.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            do_sample=False,
-            eos_token_id=stops,
-            pad_token_id=pad_token_id(tokenizer),
-            past_key_values=cache,
-        )
-        answers = []
-        for row in output[:, width:].tolist():
-            # Everything up to and including the first stop token is the row's answer.
-            end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-            answers.append(row[:end])
-        return answers
+        return stream
 
 
 class _Stream:
-    """One batch decoded token by token over its own KV cache (left padding allowed)."""
+    """One batch decoded token by token over its own KV cache (padding allowed anywhere
+    before a row's last token; positions count real tokens only, as generate's do)."""
 
     def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor):
         self.model = model
         self.cache = DynamicCache()
-        self.mask = mask
-        # Positions count real tokens only, as generate's do under left padding.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.last_position = positions[:, -1:]
-        self.logits = self._forward(input_ids, positions)
+        self.mask = mask[:, :0]
+        self.last_position = torch.full((len(mask), 1), -1)
+        self.extend(input_ids, mask)
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def extend(self, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """Feed more tokens to every row (``mask`` 0: padding) and keep the last logits."""
+        self.mask = torch.cat([self.mask, mask], dim=1)
+        positions = self.last_position + mask.cumsum(-1)
+        self.last_position = positions[:, -1:]
         output = self.model(
             input_ids=input_ids,
             attention_mask=self.mask,
-            position_ids=positions,
+            position_ids=positions.clamp(min=0),
             past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        return output.logits[:, -1]
+        self.logits = output.logits[:, -1]
 
     def select(self, index: torch.Tensor) -> None:
         """Keep (or repeat) the rows ``index`` names, in that order."""
@@ -425,9 +398,18 @@ class _Stream:
         self.logits = self.logits[index]
 
     def feed(self, token: torch.Tensor) -> None:
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        self.last_position = self.last_position + 1
-        self.logits = self._forward(token[:, None], self.last_position)
+        self.extend(token[:, None], torch.ones_like(token[:, None]))
+
+
+def _common_prefix(prompts: Sequence[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least its last token of its own
+    (the row's first answer token is read from it)."""
+    shortest = min(len(prompt) for prompt in prompts)
+    first = prompts[0]
+    length = 0
+    while length < shortest - 1 and all(prompt[length] == first[length] for prompt in prompts):
+        length += 1
+    return length
 
 
 def _row_key(row: RowAdapters) -> tuple:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from adaptkit.interactions import Interaction
 from adaptkit.online.events import EventBatch, FeedbackEvent, Request
 from adaptkit.online.probes import ANCHOR_PROMPTS
 from adaptkit.online.rules import Example, RuleContext, build_rule, history_examples
+from adaptkit.online.scoring import BottomCache
 from adaptkit.online.slot import AdapterSlot
 from adaptkit.online.steps import AnchorSet, OnlineConfig, run_steps
 from adaptkit.prompting import as_messages, generate
@@ -80,6 +82,12 @@ _ANCHOR_SETS: WeakKeyDictionary[torch.nn.Module, dict[tuple[int, int], AnchorSet
 )
 
 
+# The frozen bottom layers' states per row, per loaded base (``scoring.SplitForward``):
+# the anchor rows recur in every adapter trained on that base, and a user's history
+# views in each of their learning-curve points.
+_BOTTOMS: WeakKeyDictionary[torch.nn.Module, BottomCache] = WeakKeyDictionary()
+
+
 def _anchor_set(slot: AdapterSlot, max_length: int, answer_tokens: int) -> AnchorSet:
     built = _ANCHOR_SETS.setdefault(slot.base.model, {})
     key = (max_length, answer_tokens)
@@ -109,7 +117,7 @@ def train_with_rule(
     user_id = interactions[0].user_id
     batch = events_from_log(user_id, interactions)
     rule = build_rule(method, beta=beta)
-    slot = AdapterSlot(base, lora)
+    slot = AdapterSlot(base, lora, bottoms=_BOTTOMS.setdefault(base.model, OrderedDict()))
     try:
         slot.load(None, seed=config.seed)
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from adaptkit.base_model import BaseModel
-from adaptkit.online.scoring import Scored, SplitForward
+from adaptkit.online.scoring import BottomCache, Scored, SplitForward
 from adaptkit.prompting import encode_example
 from adaptkit.registry import VersionInfo
 from adaptkit.registry.blobs import ADAPTER_WEIGHTS, sha256_file
@@ -57,13 +57,15 @@ def _shape(config: LoraConfig) -> tuple:
 class AdapterSlot:
     """One trainable LoRA adapter on the trainer's base model."""
 
-    def __init__(self, base: BaseModel, spec: LoraSpec) -> None:
+    def __init__(
+        self, base: BaseModel, spec: LoraSpec, *, bottoms: BottomCache | None = None
+    ) -> None:
         self.base = base
         self.spec = spec
         self.fresh_config = spec.peft_config(base.model)
         self.model: PeftModel = get_peft_model(base.model, self.fresh_config)
         self.config = self.fresh_config
-        self.forward = SplitForward(self.model)
+        self.forward = SplitForward(self.model, bottoms=bottoms)
 
     def _reshape(self, config: LoraConfig) -> None:
         if _shape(config) == _shape(self.config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,54 @@ def test_mixed_batch_matches_peft_row_by_row(world: World) -> None:
     for request, result in zip(requests, results, strict=True):
         assert result.tokens == reference(world, request.user, request.prompt), request
         assert result.plan.user == request.user
+
+
+SYSTEM = {
+    "role": "system",
+    "content": "You answer questions about the Lexington weather station and the airport office.",
+}
+
+
+def test_shared_prefix_and_early_stops_match_peft_row_by_row(world: World, monkeypatch) -> None:
+    """Rows with a long common prefix (prefilled once per adapter set, then each row's own
+    tokens after padding) that stop at different steps (leaving the batch, adapters and
+    cache with them) still get PEFT's tokens for their adapter alone."""
+    users = ["alice", "bob", None, "carol", "bob", "alice", None]
+    prompts = [[SYSTEM, {"role": "user", "content": PROMPTS[i % 4]}] for i in range(len(users))]
+    base = world.base()
+    tokenizer = base.tokenizer
+    plain = [
+        peft_reference(base.model, tokenizer, world.adapters.get(u), prompt, 40)
+        for u, prompt in zip(users, prompts, strict=True)
+    ]
+    # The random tiny model never ends a turn: make the token found in most of its
+    # answers (after their first token) a stop token.
+    found = Counter(t for answer in plain for t in set(answer[1:]))
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(found.most_common(1)[0][0])
+    expected = [
+        peft_reference(base.model, tokenizer, world.adapters.get(u), prompt, 40)
+        for u, prompt in zip(users, prompts, strict=True)
+    ]
+    assert len({len(e) for e in expected}) >= 3, expected  # rows stop at different steps
+
+    widths: list[tuple[int, int]] = []
+    with world.engine() as engine:
+        engine.base.tokenizer.eos_token = tokenizer.eos_token
+        forward = engine.base.model.forward
+
+        def spy(*args, **kwargs):
+            widths.append(tuple(kwargs["input_ids"].shape))
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(engine.base.model, "forward", spy)
+        results = engine.generate(
+            [Request(p, user=u) for u, p in zip(users, prompts, strict=True)], max_new_tokens=40
+        )
+    assert [r.tokens for r in results] == expected
+    # The prefix ran once for each of the 4 adapter sets (alice, bob, base, carol).
+    assert widths[0][0] == 4 and widths[0][1] >= 8
+    # Finished rows left the batch: later steps ran fewer rows.
+    assert widths[-1][0] < len(users)
 
 
 def test_isolation_same_prompt_different_users_any_order(world: World) -> None:
