@@ -42,6 +42,27 @@ from adaptkit.router import Request
 ANSWER_BATCH = 192
 
 
+# A batch ends before a prompt longer than this times the batch's first (shortest)
+# one: left padding is prefilled like real tokens, so one batch of 40-token requests
+# and 150-token memory prompts would prefill nearly four times its real tokens.
+MAX_LENGTH_SPREAD = 1.5
+
+
+def length_batches(
+    order: Sequence[int], tokens: Sequence[int], size: int, spread: float = MAX_LENGTH_SPREAD
+) -> list[list[int]]:
+    """Consecutive runs of ``order`` (rows sorted by prompt length) of at most ``size``
+    rows, none longer than ``spread`` times its batch's first row."""
+    batches: list[list[int]] = []
+    for index in order:
+        current = batches[-1] if batches else None
+        if current and len(current) < size and tokens[index] <= spread * tokens[current[0]]:
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
 @dataclass(frozen=True)
 class ArenaConfig:
     conditions: tuple[str, ...] = tuple(CONDITIONS)
@@ -150,10 +171,8 @@ class ArenaRunner:
             range(len(pending)), key=lambda i: (pending[i].request.user is not None, tokens[i])
         )
         answers: list[Answer | None] = [None] * len(pending)
-        size = self.config.answer_batch
-        starts = range(0, len(order), size)
-        for start in tqdm(starts, desc="answering", unit="batch", disable=not self.progress):
-            picked = order[start : start + size]
+        batches = length_batches(order, tokens, self.config.answer_batch)
+        for picked in tqdm(batches, desc="answering", unit="batch", disable=not self.progress):
             texts = self.responder.answer(
                 [pending[i].request for i in picked], max_new_tokens=self.config.max_new_tokens
             )

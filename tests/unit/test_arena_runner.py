@@ -15,7 +15,7 @@ from adaptkit.arena import ArenaConfig, ArenaRunner, BM25Retriever, Learned, loa
 from adaptkit.arena.backends import StepPolicy
 from adaptkit.arena.metrics import summarize
 from adaptkit.arena.report import write_report
-from adaptkit.arena.runner import curve_points
+from adaptkit.arena.runner import MAX_LENGTH_SPREAD, curve_points, length_batches
 from adaptkit.cli.main import main
 from adaptkit.errors import InputError
 from adaptkit.router import Request
@@ -172,7 +172,11 @@ def test_every_version_is_answered_in_few_batches_sorted_by_length(tmp_path: Pat
     # 3 prompt-only conditions x 4 tasks + 1 base probe; per user 2 curve points x 2
     # tasks, then adapter + adapter+memory (2 x 2), 1 probe and 2 leakage tasks
     assert len(rows) == 13 + 2 * (4 + 4 + 1 + 2)
-    assert [len(batch) for batch in responder.batches] == [8, 8, 8, 8, 3]
+    sizes = [len(batch) for batch in responder.batches]
+    assert max(sizes) == 8 and len(sizes) < len(rows) / 4
+    for batch in responder.batches:  # no short prompt is padded to a much longer one
+        lengths = [responder.prompt_tokens(list(r.prompt)) for r in batch]
+        assert max(lengths) <= MAX_LENGTH_SPREAD * lengths[0]
     # base rows first; every adapter row pins the version that learned it
     users = [r.user for r in rows]
     assert users.index("alice") > max(i for i, u in enumerate(users) if u is None)
@@ -185,6 +189,14 @@ def test_every_version_is_answered_in_few_batches_sorted_by_length(tmp_path: Pat
     assert tokens == sorted(tokens)
     # batching changed nothing: k = 1 knows nothing yet, k = 2 and the final one do
     assert report["learning_curve"]["success"] == {"0": 0.0, "1": 0.0, "2": 1.0, "all": 1.0}
+
+
+def test_batches_are_cut_at_the_size_and_where_prompts_grow_too_long() -> None:
+    tokens = [40, 41, 42, 43, 150, 151, 152, 38]
+    order = sorted(range(len(tokens)), key=tokens.__getitem__)
+    assert length_batches(order, tokens, 3) == [[7, 0, 1], [2, 3], [4, 5, 6]]
+    assert length_batches(order, tokens, 8, spread=10.0) == [order]
+    assert length_batches([], tokens, 3) == []
 
 
 def test_a_leaky_adapter_is_caught_by_leakage_and_must_exclude(tmp_path: Path) -> None:
