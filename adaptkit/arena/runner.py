@@ -34,12 +34,11 @@ from adaptkit.arena.retrieval import Retriever
 from adaptkit.errors import InputError
 from adaptkit.router import Request
 
-# Prompts per generation call. The engine drops a row from the batch once it has
-# answered, so a large batch costs no idle rows; its matrix products run at a better
-# rate. On the 2-core CPU (SmolLM2-135M, calibrated decoding, arena adapters, 192 mixed
-# rows): 0.27-0.32 s per prompt in batches of 48, 0.25-0.27 in 96, 0.21-0.24 in 192
-# (two or three single runs each, scratch script); batches of 12 cost 0.48-0.58 s before.
-ANSWER_BATCH = 192
+# Prompts per generation call. On the 2-core CPU (SmolLM2-135M), 48 prompts of 32
+# tokens cost 0.30 s each against 0.48-0.58 s in batches of 12. Larger batches lost in
+# a full arena run: 364 s of answering in batches of 192 against 305 s in 48 (the
+# engine's KV cache grows by concatenation, and its copies grow with the batch).
+ANSWER_BATCH = 48
 
 
 # A batch ends before a prompt longer than this times the batch's first (shortest)
