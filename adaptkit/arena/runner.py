@@ -36,8 +36,9 @@ from adaptkit.router import Request
 
 # Prompts per generation call. On the 2-core CPU (SmolLM2-135M), 48 prompts of 32
 # tokens cost 0.30 s each against 0.48-0.58 s in batches of 12. Larger batches lost in
-# a full arena run: 364 s of answering in batches of 192 against 305 s in 48 (the
-# engine's KV cache grows by concatenation, and its copies grow with the batch).
+# a full arena run: 364 s of answering in batches of 192 against 305 s in 48, with
+# six times the system time (not profiled further), though a scratch test of 192
+# rows of final adapters had favoured them.
 ANSWER_BATCH = 48
 
 
