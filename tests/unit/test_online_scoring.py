@@ -48,7 +48,7 @@ def assert_same(ours: torch.Tensor, reference: torch.Tensor) -> None:
     ~1e-7 of the scale (the RMSNorm computes in float32 whatever the dtype); a wrong
     mask or position moves entries by a good fraction of it.
     """
-    scale = max(float(reference.abs().max()), 1.0)
+    scale = max(float(reference.detach().abs().max()), 1.0)
     tolerance = 1e-6 if reference.dtype == torch.float64 else 1e-4
     torch.testing.assert_close(ours, reference, rtol=0, atol=tolerance * scale)
 
