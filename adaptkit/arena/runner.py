@@ -51,12 +51,22 @@ MAX_LENGTH_SPREAD = 1.5
 def length_batches(
     order: Sequence[int], tokens: Sequence[int], size: int, spread: float = MAX_LENGTH_SPREAD
 ) -> list[list[int]]:
-    """Consecutive runs of ``order`` (rows sorted by prompt length) of at most ``size``
-    rows, none longer than ``spread`` times its batch's first row."""
+    """Consecutive runs of ``order`` of at most ``size`` rows, each row's length in
+    [first, ``spread`` * first] of its batch's first row.
+
+    ``order`` is sorted by length within groups (base rows, then adapter rows), so
+    a row shorter than its batch's first one starts a group: without that cut, the
+    base model's longest memory prompts (170 tokens) and 48 adapter requests of 13
+    shared one batch, 4x the real tokens prefilled.
+    """
     batches: list[list[int]] = []
     for index in order:
         current = batches[-1] if batches else None
-        if current and len(current) < size and tokens[index] <= spread * tokens[current[0]]:
+        if (
+            current
+            and len(current) < size
+            and tokens[current[0]] <= tokens[index] <= spread * tokens[current[0]]
+        ):
             current.append(index)
         else:
             batches.append([index])

@@ -147,6 +147,14 @@ class Engine:
             else:
                 wrapper.delta = _row_deltas(name, rows, wrapper)
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Make row i of the next forward use what row ``index[i]`` of the current rows
+        uses: rows that leave a batch, or one row per adapter set. The stacked
+        tensors are indexed, not rebuilt from the adapters."""
+        for wrapper in self.wrappers.values():
+            if isinstance(wrapper.delta, RowDeltas):
+                wrapper.delta = wrapper.delta.select(index)
+
     def clear_rows(self) -> None:
         for wrapper in self.wrappers.values():
             wrapper.delta = None
@@ -286,6 +294,8 @@ class Engine:
         stops = torch.tensor(stop_ids)
         head = min(calibration.tokens, max_new_tokens) if calibration and calibration.active else 0
         keys = [_row_key(row) for row in rows] if rows is not None else [()] * len(prompts)
+        if rows is not None:
+            self.set_rows(rows)  # once: rows that leave or share are indexed from it
         request = self._prefill(prompts, rows, keys)
         prior = self._twins(rows, keys, calibration) if head else None
         open_rows = list(range(len(prompts)))  # the original index of each batch row
@@ -311,7 +321,7 @@ class Engine:
                 if prior is not None and step + 1 < head:
                     prior.select(keep)
                 if rows is not None:
-                    self.set_rows([rows[i] for i in open_rows])
+                    self.select_rows(keep)
                 token = token[keep]
             if prior is not None and step + 1 < head:
                 prior.feed(token)  # the twin reads the same answer prefix as its row
@@ -330,8 +340,6 @@ class Engine:
         shared = _common_prefix(prompts)
         pad_id = pad_token_id(self.base.tokenizer)
         if shared < MIN_SHARED_PREFIX or len(set(keys)) == len(prompts):
-            if rows is not None:
-                self.set_rows(rows)
             return _Stream(self.base.model, *left_pad(prompts, pad_id))
         stream = self._once_per_adapter_set(prompts[0][:shared], rows, keys)
         stream.extend(*left_pad([prompt[shared:] for prompt in prompts], pad_id))
@@ -349,18 +357,21 @@ class Engine:
         self, token_ids: list[int], rows: Sequence[RowAdapters] | None, keys: list[tuple]
     ) -> _Stream:
         """A stream of ``token_ids`` for every row, run once per distinct adapter set and
-        copied to the rows that share it. The layers are left set for all ``rows``."""
+        copied to the rows that share it. The layers (set for all ``rows``) are left so."""
         first_row: dict[tuple, int] = {}
         for index, key in enumerate(keys):
             first_row.setdefault(key, index)
         ids = torch.tensor([token_ids]).expand(len(first_row), -1)
+        every_row = {name: wrapper.delta for name, wrapper in self.wrappers.items()}
         if rows is not None:
-            self.set_rows([rows[index] for index in first_row.values()])
-        stream = _Stream(self.base.model, ids, torch.ones_like(ids))
+            self.select_rows(torch.tensor(list(first_row.values())))
+        try:
+            stream = _Stream(self.base.model, ids, torch.ones_like(ids))
+        finally:
+            for name, wrapper in self.wrappers.items():
+                wrapper.delta = every_row[name]
         slot = {key: position for position, key in enumerate(first_row)}
         stream.select(torch.tensor([slot[key] for key in keys]))
-        if rows is not None:
-            self.set_rows(rows)
         return stream
 
 

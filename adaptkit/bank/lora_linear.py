@@ -43,6 +43,10 @@ class RowDeltas:
     Bt: torch.Tensor  # (rows, rank, out)
     scale: torch.Tensor  # (rows, 1, rank); zero columns pad rows with a smaller total rank
 
+    def select(self, index: torch.Tensor) -> RowDeltas:
+        """Rows ``index`` of these (kept, reordered or repeated), as new contiguous tensors."""
+        return RowDeltas(self.At[index], self.Bt[index], self.scale[index])
+
 
 class MultiLoraLinear(nn.Module):
     """A base linear layer plus the current batch's per-row low-rank deltas."""

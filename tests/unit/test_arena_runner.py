@@ -191,12 +191,16 @@ def test_every_version_is_answered_in_few_batches_sorted_by_length(tmp_path: Pat
     assert report["learning_curve"]["success"] == {"0": 0.0, "1": 0.0, "2": 1.0, "all": 1.0}
 
 
-def test_batches_are_cut_at_the_size_and_where_prompts_grow_too_long() -> None:
+def test_batches_are_cut_at_the_size_where_prompts_grow_too_long_and_between_groups() -> None:
     tokens = [40, 41, 42, 43, 150, 151, 152, 38]
     order = sorted(range(len(tokens)), key=tokens.__getitem__)
     assert length_batches(order, tokens, 3) == [[7, 0, 1], [2, 3], [4, 5, 6]]
     assert length_batches(order, tokens, 8, spread=10.0) == [order]
     assert length_batches([], tokens, 3) == []
+    # two groups, each sorted on its own: base rows of 150-152 tokens, then adapter
+    # rows of 38 and 40. The second group's first row starts a batch, though 38 is
+    # within the spread of 150.
+    assert length_batches([4, 5, 6, 7, 0], tokens, 8) == [[4, 5, 6], [7, 0]]
 
 
 def test_a_leaky_adapter_is_caught_by_leakage_and_must_exclude(tmp_path: Path) -> None:
