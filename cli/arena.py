@@ -79,7 +79,8 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="adaptkit home for the run's registry and adapters [default: OUT/home]",
+    help="adaptkit home for the run's registry and adapters [default: OUT/home, its "
+    "converted base model linked from $ADAPTKIT_HOME or ~/.adaptkit]",
 )
 @click.option(
     "--retriever",

@@ -16,6 +16,21 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "users" / "examples"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def scratch_default_home(tmp_path_factory: pytest.TempPathFactory):
+    """No test writes into the real default home (~/.adaptkit): what falls back to it
+    (the arena's shared model cache, ``share_converted``) gets a scratch one."""
+    from adaptkit.home import HOME_ENV_VAR
+
+    previous = os.environ.get(HOME_ENV_VAR)
+    os.environ[HOME_ENV_VAR] = str(tmp_path_factory.mktemp("default-home"))
+    yield
+    if previous is None:
+        del os.environ[HOME_ENV_VAR]
+    else:
+        os.environ[HOME_ENV_VAR] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))

@@ -27,9 +27,10 @@ from adaptkit.arena.report import write_report
 from adaptkit.arena.retrieval import RETRIEVERS, build_retriever
 from adaptkit.arena.runner import ANSWER_BATCH, ArenaConfig, ArenaRunner
 from adaptkit.bank import Calibration
-from adaptkit.base_model import DEFAULT_BASE
+from adaptkit.base_model import DEFAULT_BASE, share_converted
 from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import InputError
+from adaptkit.home import Home
 from adaptkit.kit import AdaptKit
 from adaptkit.training import LoraSpec, SFTConfig
 
@@ -111,6 +112,10 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
     suite = suite.select(users)
 
     home = options.home if options.home is not None else options.out / "home"
+    if options.home is None:
+        # The run's registry is its own; the converted base model is the machine's
+        # (the default home's models/), converted once, not into every OUT.
+        share_converted(options.base, Home.resolve(home), Home.resolve(None))
     kit = AdaptKit(home, base=options.base, quant=options.quant)
     learner = (
         OnlineLearner(kit)
