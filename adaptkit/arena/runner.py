@@ -34,12 +34,13 @@ from adaptkit.arena.retrieval import Retriever
 from adaptkit.errors import InputError
 from adaptkit.router import Request
 
-# Prompts per generation call. On the 2-core CPU (SmolLM2-135M), 48 prompts of 32
-# tokens cost 0.30 s each against 0.48-0.58 s in batches of 12. Larger batches lost in
-# a full arena run: 364 s of answering in batches of 192 against 305 s in 48, with
-# six times the system time (not profiled further), though a scratch test of 192
-# rows of final adapters had favoured them.
-ANSWER_BATCH = 48
+# Prompts per generation call. Replaying the answering of one full run's adapters (714
+# rows, SmolLM2-135M, 2-core CPU): 217 s in batches of 48, 179 s in 96, 166 s in 192,
+# 164 s in 384 (with twice the peak memory of 96: 4.0 GB). An earlier full run had
+# favoured 48 (305 s against 364 s in 192) while batches could still span the base
+# rows' longest memory prompts and the adapter rows' shortest requests: one such
+# batch held 50 memory prompts and 142 adapter requests, all padded to 170 tokens.
+ANSWER_BATCH = 192
 
 
 # A batch ends before a prompt longer than this times the batch's first (shortest)
