@@ -166,7 +166,9 @@ def convert_gguf(gguf_path: Path, target: Path, provenance: dict[str, str]) -> P
         fresh.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / SOURCE_FILE).write_text(json.dumps(provenance, indent=2))
-        if target.exists():
+        if target.is_symlink():  # a scratch home's link to a shared cache now gone
+            target.unlink()
+        elif target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     except BaseException:

@@ -56,9 +56,9 @@ def length_batches(
     [first, ``spread`` * first] of its batch's first row.
 
     ``order`` is sorted by length within groups (base rows, then adapter rows), so
-    a row shorter than its batch's first one starts a group: without that cut, the
-    base model's longest memory prompts (170 tokens) and 48 adapter requests of 13
-    shared one batch, 4x the real tokens prefilled.
+    a row shorter than its batch's first one is the next group's first: it starts
+    a batch. Without that cut, the base model's longest memory prompts (170 tokens)
+    and 142 adapter requests of 13-15 shared one batch, 4x the real tokens prefilled.
     """
     batches: list[list[int]] = []
     for index in order:

@@ -49,7 +49,7 @@ def test_nothing_is_linked_where_the_home_has_its_own_or_the_name_is_no_catalogu
     assert not scratch.models_dir.exists()
 
 
-def test_an_unwritable_shared_home_falls_back_to_the_scratch_home(tmp_path: Path) -> None:
+def test_nothing_is_linked_where_the_shared_home_cannot_be_written(tmp_path: Path) -> None:
     blocker = tmp_path / "machine"
     blocker.write_text("a file where the shared home would be")
     scratch = Home(tmp_path / "scratch")
