@@ -34,12 +34,13 @@ from adaptkit.arena.retrieval import Retriever
 from adaptkit.errors import InputError
 from adaptkit.router import Request
 
-# Prompts per generation call. Replaying the answering of one full run's adapters (714
-# rows, SmolLM2-135M, 2-core CPU): 217 s in batches of 48, 179 s in 96, 166 s in 192,
-# 164 s in 384 (with twice the peak memory of 96: 4.0 GB). An earlier full run had
-# favoured 48 (305 s against 364 s in 192) while batches could still span the base
-# rows' longest memory prompts and the adapter rows' shortest requests: one such
-# batch held 50 memory prompts and 142 adapter requests, all padded to 170 tokens.
+# Prompts per generation call. The answering of one full run's adapters (714 rows,
+# SmolLM2-135M, 2-core CPU; benchmarks/arena_batches.py, results/arena_batches.json):
+# 221 s in batches of 48, 181 s in 96, 153 s in 192, 172 s in 384, the same answers.
+# An earlier full run had favoured 48 (305 s against 364 s in 192) while batches
+# could still span the base rows' longest memory prompts and the adapter rows'
+# shortest requests: one such batch held 50 memory prompts and 142 adapter
+# requests, all padded to 170 tokens.
 ANSWER_BATCH = 192
 
 

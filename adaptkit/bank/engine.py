@@ -287,7 +287,7 @@ class Engine:
         calibrated). ``rows`` None: the adapters are merged already.
 
         Finished rows leave the batch (their KV cache and adapter rows with them), so
-        a batch costs what its open answers need, not 48 rows until the longest ends.
+        a batch costs what its open answers need, not all its rows until the longest ends.
         """
         tokenizer = self.base.tokenizer
         stop_ids = stop_token_ids(tokenizer)
@@ -348,8 +348,8 @@ class Engine:
     def _twins(
         self, rows: Sequence[RowAdapters] | None, keys: list[tuple], calibration: Calibration
     ) -> _Stream:
-        """The content-free twin of every row, on that row's adapters: a batch of 48 rows
-        over 10 users prefills 10 twins."""
+        """The content-free twin of every row, on that row's adapters: a batch of 192 rows
+        over 40 adapter versions prefills 40 twins."""
         null = encode_prompt(self.base.tokenizer, calibration.null_messages())
         return self._once_per_adapter_set(null, rows, keys)
 
