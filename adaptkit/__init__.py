@@ -3,12 +3,14 @@
 from adaptkit.bank import Engine, Result
 from adaptkit.base_model import DEFAULT_BASE, BaseModel, load_base
 from adaptkit.errors import AdaptkitError, InputError, LogFormatError, UnknownUserError
+from adaptkit.feedback import FeedbackEvent, FeedbackLog
 from adaptkit.home import Home
 from adaptkit.interactions import Feedback, Interaction, read_log
 from adaptkit.kit import AdaptKit
-from adaptkit.online import FeedbackEvent, FeedbackLog, OnlineConfig, OnlineTrainer
+from adaptkit.learning import LoraSpec
+from adaptkit.online import OnlineConfig, OnlineTrainer, OnlineWorker
 from adaptkit.router import Request, RoutingPolicy
-from adaptkit.training import LoraSpec, SFTConfig
+from adaptkit.training import TrainConfig
 
 __version__ = "0.1.0"
 
@@ -28,10 +30,11 @@ __all__ = [
     "LoraSpec",
     "OnlineConfig",
     "OnlineTrainer",
+    "OnlineWorker",
     "Request",
     "Result",
     "RoutingPolicy",
-    "SFTConfig",
+    "TrainConfig",
     "UnknownUserError",
     "load_base",
     "read_log",

@@ -4,10 +4,9 @@ A training step allocates and frees the same large tensors again and again: the
 vocabulary logits of the scored positions alone are 150 x 49152 floats (30 MB) for
 SmolLM2. glibc's malloc returns such blocks to the OS when they are freed (its trim
 and mmap thresholds), so the next step page-faults the whole block in again: 7,500
-faults, ~40 ms per 30 MB to zero it. Raising both thresholds keeps the heap warm.
-Measured on the arena's training (two users, every curve point,
-``KitLearner.learn``): 146 s -> 121 s. Memory is reused, not leaked: the
-peak stays what the largest step needs.
+faults, ~40 ms per 30 MB to zero it. Raising both thresholds keeps the heap warm
+(the arena's training time with and without it: benchmarks/results/README.md).
+Memory is reused, not leaked: the peak stays what the largest step needs.
 
 ``keep_freed_memory()`` is what the ``adaptkit`` command does at start; an app
 backend may call it too. Elsewhere than glibc (macOS, musl) it does nothing.

@@ -33,6 +33,10 @@ class UnknownVersionError(InputError):
     pass
 
 
+class BlobIntegrityError(AdaptkitError):
+    """A stored adapter version's blob is missing or no longer matches its recorded sha256."""
+
+
 class LogFormatError(InputError):
     """A line of an interaction log is malformed; names file, line and field."""
 

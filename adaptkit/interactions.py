@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,28 @@ def parse_record(record: Any, path: Path, line: int) -> Interaction:
     return Interaction(user_id, messages, response, feedback, f"{path}:{line}")
 
 
+def decode_json(
+    text: str, invalid: Callable[[int, str], Exception], line: int | None = None
+) -> Any:
+    """``text`` decoded; when it is not JSON, raises ``invalid(line, problem)``, the line
+    being ``line`` or, when None, the one in ``text`` where decoding failed."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = error.lineno if line is None else line
+        raise invalid(where, f"invalid JSON ({error.msg})") from None
+
+
+def json_lines(
+    lines: Iterable[str], invalid: Callable[[int, str], Exception]
+) -> Iterator[tuple[int, Any]]:
+    """(line number from 1, decoded value) of every non-blank line of a JSON Lines text;
+    a line that is not JSON raises ``invalid(line number, problem)``."""
+    for line_number, line in enumerate(lines, start=1):
+        if line.strip():
+            yield line_number, decode_json(line, invalid, line_number)
+
+
 def read_log(path: str | Path) -> list[Interaction]:
     """Read and validate a whole log; raises on the first malformed line."""
     path = Path(path)
@@ -190,15 +212,9 @@ def read_log(path: str | Path) -> list[Interaction]:
         raise LogFormatError(path, 0, None, "no such file")
     interactions = []
     with path.open(encoding="utf-8") as handle:
-        for line_number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise LogFormatError(
-                    path, line_number, None, f"invalid JSON ({error.msg})"
-                ) from None
+        for line_number, record in json_lines(
+            handle, lambda line, problem: LogFormatError(path, line, None, problem)
+        ):
             interactions.append(parse_record(record, path, line_number))
     if not interactions:
         raise LogFormatError(path, 0, None, "the log holds no interactions")

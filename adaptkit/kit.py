@@ -2,37 +2,38 @@
 
 Example::
 
-    kit = AdaptKit(home="~/.adaptkit")
-    kit.train("alice", "users/examples/alice.jsonl")
-    kit.chat("How do I get to the museum?", user="alice")
+    with AdaptKit(home="~/.adaptkit") as kit:
+        kit.train("alice", "users/examples/alice.jsonl")
+        kit.chat("How do I get to the museum?", user="alice")
+        kit.engine.generate([Request("Hi", user="alice"), Request("Hi", user="bob")])
 
-For many users in one batched forward, see ``adaptkit.bank.Engine``.
+One kit holds one home (registry + adapter store + model cache), the served base
+model and one long-lived ``Engine`` over it: every answer, the base model's
+included, goes through that engine, so the bank's RAM tier lasts across calls.
+Training runs on a second copy of the base (loaded on the first ``train``): the
+engine's copy is never touched by PEFT.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
-from adaptkit.bank import Engine
+from adaptkit.bank import DEFAULT_CACHE_BYTES, DEFAULT_SHARED_DIR, Engine
 from adaptkit.base_model import DEFAULT_BASE, BaseModel, load_base
 from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.home import Home
 from adaptkit.interactions import Interaction, interactions_digest, read_log
-from adaptkit.online.rules import RULES
-from adaptkit.prompting import as_messages, generate
-from adaptkit.registry import Registry, VersionInfo, sha256_file
-from adaptkit.registry.blobs import ADAPTER_WEIGHTS
-from adaptkit.router import Request
-from adaptkit.training import LoraSpec, SFTConfig, train_sft
+from adaptkit.learning import RULES, LoraSpec
+from adaptkit.registry import Registry, VersionInfo
+from adaptkit.router import Request, RoutingPolicy
+from adaptkit.training import Fitter, TrainConfig
 from adaptkit.user_ids import validate_user_id
 
 
 class AdaptKit:
-    """One home (registry + adapter store + model cache) and one shared base model."""
+    """One home, one served base model and its engine; a fitter on a second copy."""
 
     def __init__(
         self,
@@ -40,19 +41,53 @@ class AdaptKit:
         *,
         base: str = DEFAULT_BASE,
         quant: str = "none",
+        policy: RoutingPolicy | None = None,
+        shared_dir: str | os.PathLike[str] = DEFAULT_SHARED_DIR,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
+        """``policy``, ``shared_dir`` (the library of shared adapters) and ``cache_bytes``
+        (the bank's RAM tier) configure the engine (``adaptkit.bank.Engine``)."""
         self.home = Home.resolve(home).ensure()
         self.base_name = base
         self.quant = quant
+        self._engine_options = {
+            "policy": policy,
+            "shared_dir": shared_dir,
+            "cache_bytes": cache_bytes,
+        }
         self.registry = Registry(self.home.registry_url, self.home.adapters_dir)
         self._base: BaseModel | None = None
+        self._engine: Engine | None = None
+        self._fitter: Fitter | None = None
 
     @property
     def base(self) -> BaseModel:
-        """The shared base model, loaded on first use."""
+        """The served base model, loaded on first use."""
         if self._base is None:
-            self._base = load_base(self.base_name, home=self.home, quant=self.quant)
+            self._base = self._load_base()
         return self._base
+
+    @property
+    def engine(self) -> Engine:
+        """The engine over the served base, opened on first use and kept until ``close``."""
+        if self._engine is None:
+            self._engine = Engine(self.base, self.registry, **self._engine_options)
+        return self._engine
+
+    def _load_base(self) -> BaseModel:
+        return load_base(self.base_name, home=self.home, quant=self.quant)
+
+    def close(self) -> None:
+        """Close the engine (the base model's layers are given back unwrapped)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> AdaptKit:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def train(
         self,
@@ -60,7 +95,7 @@ class AdaptKit:
         log: str | os.PathLike[str] | Sequence[Interaction],
         *,
         lora: LoraSpec | None = None,
-        config: SFTConfig | None = None,
+        config: TrainConfig | None = None,
         activate: bool = True,
         progress: bool = True,
         method: str = "sft",
@@ -70,7 +105,7 @@ class AdaptKit:
 
         ``log`` is a path to an interaction log or already-parsed interactions. The
         whole log is validated first; lines of other users are ignored. ``method``:
-        sft | dpo | kto | distill | contrast (see ``adaptkit.online.rules``).
+        sft | dpo | kto | distill | contrast (see ``adaptkit.learning.rules``).
         ``kl_anchor``: add the online trainer's KL(base || adapter) on general prompts
         (any method).
         """
@@ -78,7 +113,7 @@ class AdaptKit:
         if method not in RULES:
             raise InputError(f"--method {method!r} is not one of {', '.join(RULES)}")
         lora = lora or LoraSpec()
-        config = config or SFTConfig()
+        config = config or TrainConfig()
         interactions = read_log(log) if isinstance(log, (str, os.PathLike)) else list(log)
         mine = [i for i in interactions if i.user_id == user]
         if not mine:
@@ -87,39 +122,32 @@ class AdaptKit:
                 f"the log has no interactions of user {user!r} (it has: {', '.join(found)}); "
                 "check --user"
             )
-        staging = self.registry.blobs.staging_dir(user)
+        if self._fitter is None:
+            self._fitter = Fitter(self._load_base())
         try:
-            if method == "sft" and not kl_anchor:
-                trained = train_sft(self.base, mine, lora, config, staging, progress=progress)
-            else:
-                from adaptkit.online.offline import train_with_rule
-
-                trained = train_with_rule(
-                    self.base,
-                    mine,
-                    method,
-                    lora,
-                    config,
-                    staging,
-                    progress=progress,
-                    kl_anchor=kl_anchor,
+            with self.registry.staging(user) as staging:
+                trained = self._fitter.fit(
+                    mine, method, lora, config, staging, kl_anchor=kl_anchor, progress=progress
                 )
-            return self.registry.publish(
-                user,
-                trained.directory,
-                method=f"{method}+kl" if kl_anchor else method,
-                base_model=self.base_name,
-                data_digest=interactions_digest(mine),
-                metrics=trained.metrics,
-                config={"lora": asdict(lora), "sft": asdict(config), "quant": self.quant},
-                activate=activate,
-            )
+                return self.registry.publish(
+                    user,
+                    trained.directory,
+                    method=f"{method}+kl" if kl_anchor else method,
+                    base_model=self.base_name,
+                    data_digest=interactions_digest(mine),
+                    metrics=trained.metrics,
+                    config={"lora": asdict(lora), "train": asdict(config), "quant": self.quant},
+                    activate=activate,
+                )
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            self._drop_base_if_quantized()
+            if self.quant != "none":
+                # PEFT's ``unload()`` restores an fp32 base exactly (tested), but not a
+                # bitsandbytes nf4 one (SmolLM2's logits move by ~40): reload it (~3 s).
+                self._fitter = None
 
     def adapter_for(self, user: str) -> VersionInfo:
-        """The user's active version, checked; never silently nothing or someone else's."""
+        """The user's active version; never silently nothing or someone else's. (Its blob
+        is verified when the engine loads it.)"""
         version = self.registry.active_version(user)
         if version is None:
             raise UnknownUserError(
@@ -129,12 +157,6 @@ class AdaptKit:
             raise InputError(
                 f"user {user!r}'s active adapter (v{version.number}) was trained on base "
                 f"{version.base_model!r}, not {self.base_name!r}; pass --base {version.base_model}"
-            )
-        weights = Path(version.blob_path) / ADAPTER_WEIGHTS
-        if not weights.is_file() or sha256_file(weights) != version.blob_sha256:
-            raise InputError(
-                f"adapter blob of {user!r} v{version.number} at {version.blob_path} is missing or "
-                "does not match its recorded sha256; activate another version"
             )
         return version
 
@@ -156,27 +178,10 @@ class AdaptKit:
         max_new_tokens: int = 64,
     ) -> list[str]:
         """Answer several prompts for one user (or the base model) in one batch."""
-        conversations = [as_messages(p) for p in prompts]
-        if user is None:
-            return generate(
-                self.base.model, self.base.tokenizer, conversations, max_new_tokens=max_new_tokens
-            )
-        self.adapter_for(user)
-        # The bank's engine, not PEFT: it applies the adapter as a per-row delta and
-        # gives the base back untouched, exact on int8/nf4 bases too.
-        with Engine(self.base, self.registry) as engine:
-            results = engine.generate(
-                [Request(prompt=conversation, user=user) for conversation in conversations],
-                max_new_tokens=max_new_tokens,
-            )
-        return [result.text for result in results]
-
-    def _drop_base_if_quantized(self) -> None:
-        """Forget a quantized base after training wrapped and unwrapped it with PEFT.
-
-        PEFT's ``unload()`` restores an fp32 base exactly (tested), but not a
-        bitsandbytes nf4 one: SmolLM2's nf4 logits move by ~40 after wrapping +
-        ``unload``. Reloading (~3 s) is the safe answer.
-        """
-        if self.quant != "none":
-            self._base = None
+        if user is not None:
+            self.adapter_for(user)
+        results = self.engine.generate(
+            [Request(prompt=prompt, user=user) for prompt in prompts],
+            max_new_tokens=max_new_tokens,
+        )
+        return [result.text or "" for result in results]

@@ -11,7 +11,7 @@ random weights published through the registry, every row generating exactly
 
   peft_per_version    PEFT, set_adapter + one generate per version (its prompts)
   peft_mixed          PEFT, one generate per batch of --batch rows, adapter_names per row
-  bank_per_version    the bank's Engine, one call per version (what the arena did)
+  bank_per_version    the bank's Engine, one call per version (its prompts)
   bank_mixed          the bank's Engine, --batch rows of any versions per call, rows
                       sorted by prompt length
   bank_mixed_calibrated  bank_mixed with the arena's calibrated decoding (its first 3
@@ -39,9 +39,10 @@ from bank import BASE, common_parser, make_adapters, progress, scratch_home  # n
 
 from adaptkit.arena.episodes import load_episodes  # noqa: E402
 from adaptkit.arena.session import BUNDLED_SUITE  # noqa: E402
-from adaptkit.bank import Calibration, Engine, Request, RoutingPolicy  # noqa: E402
+from adaptkit.bank import Calibration, Engine  # noqa: E402
 from adaptkit.base_model import load_base  # noqa: E402
 from adaptkit.prompting import as_messages, encode_prompt, left_pad, pad_token_id  # noqa: E402
+from adaptkit.router import Request, RoutingPolicy  # noqa: E402
 
 TARGETS = ("gate_proj", "up_proj", "down_proj")
 TOP_LAYERS = 12

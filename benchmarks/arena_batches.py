@@ -22,13 +22,14 @@ from pathlib import Path
 
 from adaptkit.arena.backends import KitResponder, Learned
 from adaptkit.arena.episodes import HistoryRecord, load_episodes
-from adaptkit.arena.retrieval import build_retriever
+from adaptkit.arena.report import run_path
 from adaptkit.arena.runner import ArenaConfig, ArenaRunner
 from adaptkit.bank import Calibration
 from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.kit import AdaptKit
+from adaptkit.learning import LoraSpec
+from adaptkit.retrieval import build_retriever
 from adaptkit.router import Request
-from adaptkit.training import LoraSpec
 
 
 class PublishedVersions:
@@ -86,8 +87,10 @@ def main() -> None:
     ]
 
     keep_freed_memory()
-    kit = AdaptKit(run["home"], base=run["model"], quant=run["quant"])
-    suite = load_episodes(run["episodes"]).select(run["users"])
+    # The report records its paths relative to OUT or the package (report.portable_path).
+    home = run_path(run["home"], args.run)
+    kit = AdaptKit(home, base=run["model"], quant=run["quant"])
+    suite = load_episodes(run_path(run["episodes"], args.run)).select(run["users"])
     results = {}
     for size in sizes:
         responder = CountingResponder(

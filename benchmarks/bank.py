@@ -7,7 +7,7 @@ through the registry into a temporary home; no training is needed to time
 loading, switching and batched generation. Every number is a median over
 repeats; PEFT is measured in the same process on its own copy of the base.
 
-Keys (see the README, "Serving many users"):
+Keys (docs/benchmarks.md explains each against its PEFT peer):
   activation_ms_p50 / peft_set_adapter_ms_p50      switching the active user
   cold_load_ms_p50 / peft_load_adapter_ms_p50      registry blob on disk -> usable
   mixed8_vs_single_throughput / peft_...           8 rows of 8 users / 8 rows of one user
@@ -33,11 +33,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from adaptkit.bank import Engine, Request, RoutingPolicy
+from adaptkit.bank import Engine
 from adaptkit.base_model import load_base
 from adaptkit.home import Home
 from adaptkit.prompting import as_messages, encode_prompt, end_of_turn_id
 from adaptkit.registry import Registry
+from adaptkit.router import Request, RoutingPolicy
 
 BASE = "smollm2-135m-instruct"
 PROMPTS = [
@@ -207,54 +208,83 @@ def main() -> None:
 
 
 def measure_ours(args, ours, registry, versions, users, root: Path) -> dict[str, object]:
-    results: dict[str, object] = {}
     engine = Engine(
         ours, registry, shared_dir=root / "shared", policy=RoutingPolicy(merge_min_new_tokens=None)
     )
+    results: dict[str, object] = {}
+    results |= measure_cold_load(engine, versions, users)
+    results |= measure_ram_tier(engine, users)
+    results |= measure_switching(engine, registry, versions, users)
+    results |= measure_mixed_batch(engine, args, users)
+    results |= measure_merged(engine, args, versions, users)
+    engine.close()
+    return results
+
+
+def activate(engine: Engine, version) -> None:
+    """Make ``version``'s adapter the one every row uses (loading it if not in RAM)."""
+    adapter = engine.bank.load_user(version)
+    engine.set_rows([[(adapter, 1.0)]])
+
+
+def measure_cold_load(engine: Engine, versions, users) -> dict[str, object]:
     bank = engine.bank
-
-    def cold_load(user: str) -> None:
-        adapter = bank.load_user(versions[user])
-        engine.set_rows([[(adapter, 1.0)]])
-
     # First sight of a blob: its sha256 is checked (on a second thread, during the parse).
     sample = users[: min(24, len(users))]
-    first = [timed(lambda u=user: cold_load(u)) for user in sample]
+    first = [timed(lambda u=user: activate(engine, versions[u])) for user in sample]
     # Evicted, then needed again: read, parse, validate and activate; the sha256 is not
     # recomputed when the file's identity (inode, size, mtime, ctime) is what was verified.
     cold = []
     for user in sample:
         bank.evict(user)
-        cold.append(timed(lambda u=user: cold_load(u)))
+        cold.append(timed(lambda u=user: activate(engine, versions[u])))
     engine.clear_rows()
-    results["cold_load_ms_p50"] = median_ms(cold)
-    results["cold_load_first_sight_ms_p50"] = median_ms(first)
-    results["cold_load_includes"] = (
-        "disk read + parse + finiteness/shape validation + activation; first sight also "
-        "verifies the registry sha256"
-    )
+    results: dict[str, object] = {
+        "cold_load_ms_p50": median_ms(cold),
+        "cold_load_first_sight_ms_p50": median_ms(first),
+        "cold_load_includes": (
+            "disk read + parse + finiteness/shape validation + activation; first sight also "
+            "verifies the registry sha256"
+        ),
+    }
     progress(f"cold load p50 {results['cold_load_ms_p50']} ms (first sight {median_ms(first)})")
+    return results
 
-    bank.prefetch(users)
-    stats = bank.stats()
-    results["ram_tier_entries"] = stats.entries
-    results["ram_tier_used_bytes"] = stats.used_bytes
+
+def measure_ram_tier(engine: Engine, users) -> dict[str, object]:
+    """Every user's adapter in the RAM tier: what one adapter costs there."""
+    engine.bank.prefetch(users)
+    stats = engine.bank.stats()
     per_adapter = stats.used_bytes / stats.entries
-    results["adapter_bytes"] = int(per_adapter)
-    results["cached_adapters_per_GiB"] = int(2**30 // per_adapter)
+    return {
+        "ram_tier_entries": stats.entries,
+        "ram_tier_used_bytes": stats.used_bytes,
+        "adapter_bytes": int(per_adapter),
+        "cached_adapters_per_GiB": int(2**30 // per_adapter),
+    }
 
+
+def measure_switching(engine: Engine, registry, versions, users) -> dict[str, object]:
+    """Switching between users whose adapters are all in RAM."""
+    bank = engine.bank
     switches, misses = [], bank.stats().misses
     order = [random.choice(users) for _ in range(300)]
     for user in order:
-        switches.append(timed(lambda u=user: cold_load(u)))  # all RAM hits now
+        switches.append(timed(lambda u=user: activate(engine, versions[u])))  # all RAM hits now
     engine.clear_rows()
     assert bank.stats().misses == misses, "a switch missed the RAM tier"
-    results["activation_ms_p50"] = median_ms(switches)
-    results["registry_lookup_ms_p50"] = median_ms(
-        [timed(lambda u=u: registry.active_version(u)) for u in order[:50]]
-    )
-
+    results: dict[str, object] = {
+        "activation_ms_p50": median_ms(switches),
+        "registry_lookup_ms_p50": median_ms(
+            [timed(lambda u=u: registry.active_version(u)) for u in order[:50]]
+        ),
+    }
     progress(f"activation p50 {results['activation_ms_p50']} ms")
+    return results
+
+
+def measure_mixed_batch(engine: Engine, args, users) -> dict[str, object]:
+    """8 rows of 8 users against 8 rows of one user, tokens/s."""
     tokens = len(PROMPTS) * args.new_tokens
     mixed = [Request(p, user=u) for p, u in zip(PROMPTS, users[:8], strict=True)]
     single = [Request(p, user=users[0]) for p in PROMPTS]
@@ -266,16 +296,21 @@ def measure_ours(args, ours, registry, versions, users, root: Path) -> dict[str,
 
     run(single)()  # warm-up
     mixed_tps, single_tps, ratio = paired(run(mixed), run(single), tokens, args.repeats)
-    results["mixed8_tokens_per_s"] = round(statistics.median(mixed_tps), 2)
-    results["single8_tokens_per_s"] = round(statistics.median(single_tps), 2)
-    results["mixed8_vs_single_throughput"] = round(ratio, 3)
-
+    results: dict[str, object] = {
+        "mixed8_tokens_per_s": round(statistics.median(mixed_tps), 2),
+        "single8_tokens_per_s": round(statistics.median(single_tps), 2),
+        "mixed8_vs_single_throughput": round(ratio, 3),
+    }
     progress(f"mixed8 vs single {results['mixed8_vs_single_throughput']}")
-    # merged: one user's long stream; steady-state tokens/s with the adapter folded in,
-    # against the plain base, both one row through the same engine.
+    return results
+
+
+def measure_merged(engine: Engine, args, versions, users) -> dict[str, object]:
+    """One user's long stream: steady-state tokens/s with the adapter folded in, and
+    unfolded, against the plain base, all one row through the same engine."""
     stream = [Request(PROMPTS[0], user=None)]
     long_tokens = 2 * args.new_tokens  # one row: twice the tokens, still short to run
-    adapter = bank.load_user(versions[users[0]])
+    adapter = engine.bank.load_user(versions[users[0]])
 
     def base_run() -> object:
         return engine.generate(stream, max_new_tokens=long_tokens, min_new_tokens=long_tokens)
@@ -295,17 +330,19 @@ def measure_ours(args, ours, registry, versions, users, root: Path) -> dict[str,
         if not index % 2:
             base_s.append(timed(base_run))
     pairs = list(zip(merged_s, base_s, e2e_s, strict=True))
-    results["merged_vs_base_throughput"] = round(statistics.median(b / m for m, b, _ in pairs), 3)
-    results["merged_with_fold_vs_base_throughput"] = round(
-        statistics.median(b / e for _, b, e in pairs), 3
-    )
-    results["merge_fold_ms_p50"] = median_ms(fold_s)
-    results["merge_unfold_ms_p50"] = median_ms(unfold_s)
-    results["merged_includes"] = (
-        f"{long_tokens}-token single-row generation with the adapter folded in, vs the base; "
-        "the fold itself (merge_fold_ms_p50) is paid once per stream and is included only in "
-        "merged_with_fold_vs_base_throughput"
-    )
+    results: dict[str, object] = {
+        "merged_vs_base_throughput": round(statistics.median(b / m for m, b, _ in pairs), 3),
+        "merged_with_fold_vs_base_throughput": round(
+            statistics.median(b / e for _, b, e in pairs), 3
+        ),
+        "merge_fold_ms_p50": median_ms(fold_s),
+        "merge_unfold_ms_p50": median_ms(unfold_s),
+        "merged_includes": (
+            f"{long_tokens}-token single-row generation with the adapter folded in, vs the "
+            "base; the fold itself (merge_fold_ms_p50) is paid once per stream and is "
+            "included only in merged_with_fold_vs_base_throughput"
+        ),
+    }
 
     def unmerged_run() -> object:
         return engine.generate(stream_user, max_new_tokens=long_tokens, min_new_tokens=long_tokens)
@@ -313,7 +350,6 @@ def measure_ours(args, ours, registry, versions, users, root: Path) -> dict[str,
     _, _, unmerged_ratio = paired(unmerged_run, base_run, long_tokens, args.repeats)
     results["unmerged_vs_base_throughput"] = round(unmerged_ratio, 3)
     progress(f"merged vs base {results['merged_vs_base_throughput']}")
-    engine.close()
     return results
 
 

@@ -39,18 +39,13 @@ sys.path.insert(0, str(REPO))
 
 from adaptkit.base_model import DEFAULT_BASE, load_base  # noqa: E402
 from adaptkit.errors import UnknownUserError  # noqa: E402
+from adaptkit.feedback import FeedbackEvent  # noqa: E402
+from adaptkit.gate import Gate, GateConfig, ProbeSuite  # noqa: E402
 from adaptkit.home import Home  # noqa: E402
-from adaptkit.online import (  # noqa: E402
-    FeedbackEvent,
-    Gate,
-    GateConfig,
-    OnlineConfig,
-    OnlineTrainer,
-    ProbeSuite,
-)
+from adaptkit.learning import LoraSpec  # noqa: E402
+from adaptkit.online import OnlineConfig, OnlineTrainer  # noqa: E402
 from adaptkit.prompting import as_messages, generate  # noqa: E402
 from adaptkit.registry import Registry  # noqa: E402
-from adaptkit.training import LoraSpec  # noqa: E402
 
 PLACES = [
     "library",
@@ -118,8 +113,11 @@ def evaluate(trainer: OnlineTrainer, user: str, probes: ProbeSuite) -> dict[str,
     try:
         active = trainer.registry.active_version(user)
     except UnknownUserError:
-        active = None  # no feedback yet: a fresh adapter (B = 0) is the base model
-    trainer.slot.load(active)
+        active = None
+    if active is None:
+        trainer.slot.reset()  # no feedback yet: a fresh adapter (B = 0) is the base model
+    else:
+        trainer.slot.load(active, trainer.registry.read_weights(active))
     model, tokenizer = trainer.slot.model, trainer.base.tokenizer
     answers = generate(model, tokenizer, [as_messages(p) for p in HELD_BACK], max_new_tokens=24)
     return {
@@ -170,7 +168,7 @@ def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args)
         batch = records[(round_number - 1) * 4 : round_number * 4]
         started = time.perf_counter()
         for record in batch:
-            request = trainer.log.record_request(user, record["prompt"], record["response"])
+            request = trainer.log.record_completion(user, record["prompt"], record["response"])
             text = record["text"] if record["kind"] == "edit" else None
             trainer.log.record(FeedbackEvent(user, record["kind"], request.id, text=text))
         result = trainer.update(user)
@@ -261,7 +259,7 @@ def plot(results: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="write results here (+ .png)")
     parser.add_argument(
@@ -298,19 +296,13 @@ def main() -> None:
     args = parser.parse_args()
     args.lora = LoraSpec(targets=args.targets, top_layers=args.top_layers) if args.targets else None
     args.eval_rounds = set(range(args.eval_every, args.rounds + 1, args.eval_every)) | {args.rounds}
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    results = {}
-    started = time.perf_counter()
-    if args.merge:
-        for name in args.conditions.split(","):
-            raw = json.loads(args.json.with_suffix(f".{name}.partial.json").read_text())
-            results[name] = summarize(raw)
-    else:
-        model_home = Home(args.home or Path(tempfile.mkdtemp(prefix="online-models-"))).ensure()
-        base = load_base(args.base, home=model_home)
+    return args
 
+
+def run_conditions(args: argparse.Namespace) -> dict[str, dict]:
+    """Each condition of ``--conditions`` run on one copy of the base model."""
+    model_home = Home(args.home or Path(tempfile.mkdtemp(prefix="online-models-"))).ensure()
+    base = load_base(args.base, home=model_home)
     conditions = {
         "anchored": (OnlineConfig(), GateConfig()),
         "plain_sft": (
@@ -318,9 +310,23 @@ def main() -> None:
             GateConfig(min_retention=0.0, user_tolerance=float("inf")),
         ),
     }
-    for name in [] if args.merge else args.conditions.split(","):
+    results = {}
+    for name in args.conditions.split(","):
         config, gate = conditions[name]
         results[name] = run_condition(name, config, gate, base, args)
+    return results
+
+
+def merge_partial(args: argparse.Namespace) -> dict[str, dict]:
+    """The conditions' summaries from the partial files of earlier runs."""
+    return {
+        name: summarize(json.loads(args.json.with_suffix(f".{name}.partial.json").read_text()))
+        for name in args.conditions.split(",")
+    }
+
+
+def report(args: argparse.Namespace, results: dict[str, dict], started: float) -> dict:
+    """The JSON written: the anchored condition's headline numbers, then every condition."""
     anchored = results.get("anchored", next(iter(results.values())))
     output = {
         "model": args.base,
@@ -348,7 +354,17 @@ def main() -> None:
         output["plain_sft_user_success_after_20_updates"] = at_round(
             results["plain_sft"], "user_success", 20
         )
+    return output
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = merge_partial(args) if args.merge else run_conditions(args)
+    output = report(args, results, started)
     args.json.write_text(json.dumps(output, indent=2))
     plot(results, args.json.with_suffix(".png"))
     print(json.dumps({k: v for k, v in output.items() if k != "conditions"}, indent=2))

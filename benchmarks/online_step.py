@@ -33,10 +33,13 @@ sys.path.insert(0, str(REPO))
 
 from adaptkit.base_model import DEFAULT_BASE, load_base  # noqa: E402
 from adaptkit.home import Home  # noqa: E402
-from adaptkit.online import losses  # noqa: E402
-from adaptkit.online.probes import ANCHOR_PROMPTS  # noqa: E402
-from adaptkit.online.slot import AdapterSlot, encode_rows  # noqa: E402
-from adaptkit.online.trainer import online_lora  # noqa: E402
+from adaptkit.learning import (  # noqa: E402
+    ANCHOR_PROMPTS,
+    AdapterSlot,
+    encode_rows,
+    losses,
+    online_lora,
+)
 from adaptkit.prompting import as_messages  # noqa: E402
 
 ROWS = [

@@ -7,16 +7,22 @@ from typing import Any
 
 import click
 
-from adaptkit.arena.backends import ARENA_LORA, ARENA_WORD_DROPOUT, METHODS
-from adaptkit.arena.conditions import CONDITIONS, parse_conditions
-from adaptkit.arena.retrieval import RETRIEVERS
-from adaptkit.arena.runner import ANSWER_BATCH
-from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
+from adaptkit.arena.backends import METHODS
+from adaptkit.arena.conditions import parse_conditions
+from adaptkit.arena.session import ArenaOptions, run_arena
 from adaptkit.bank import Calibration
-from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
-from adaptkit.cli.options import build, options_from
+from adaptkit.cli.options import (
+    base_option,
+    build,
+    given,
+    method_option,
+    options_from,
+    quant_option,
+)
 from adaptkit.errors import InputError
-from adaptkit.training import LoraSpec, SFTConfig
+from adaptkit.learning import LoraSpec
+from adaptkit.retrieval import RETRIEVERS
+from adaptkit.training import TrainConfig
 
 CALIBRATE = "calibrate_"  # Calibration.tokens is --calibrate-tokens
 
@@ -39,7 +45,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option(
     "--episodes",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=BUNDLED_SUITE,
+    default=ArenaOptions.episodes,
     show_default="the bundled starter suite",
     help="episode file (JSON Lines or a JSON list; docs/episodes.md)",
 )
@@ -51,25 +57,17 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 )
 @click.option(
     "--conditions",
-    default=",".join(CONDITIONS),
+    default=",".join(ArenaOptions.conditions),
     show_default=True,
     help="comma-separated conditions to compare (base always runs)",
 )
 @click.option("--users", default=None, help="comma-separated users [default: all; 3 with --quick]")
-@click.option(
-    "--base",
-    "model",
-    default=DEFAULT_BASE,
-    show_default=True,
-    help="base model: catalogue name, local directory or Hugging Face id",
-)
-@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True)
-@click.option(
-    "--method",
-    type=click.Choice(METHODS),
-    default="sft-kl",
-    show_default=True,
-    help="how each user's adapter learns from their history: sft on it; sft-anchor "
+@base_option
+@quant_option
+@method_option(
+    METHODS,
+    ArenaOptions.method,
+    "how each user's adapter learns from their history: sft on it; sft-anchor "
     "(plus replay of the base model's own answers to unrelated requests); sft-kl (plus "
     "the online trainer's KL to the base on general prompts: keeps general ability); "
     "contrast-kl (sft-kl plus DPO of each answer over the user's answer to another request); "
@@ -85,15 +83,20 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option(
     "--retriever",
     type=click.Choice(RETRIEVERS),
-    default="bm25",
+    default=ArenaOptions.retriever,
     show_default=True,
     help="memory retrieval: BM25, or MiniLM embeddings (packaged model)",
 )
-@click.option("--memory-k", default=3, show_default=True, help="history records in the prompt")
-@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option(
+    "--memory-k",
+    default=ArenaOptions.memory_k,
+    show_default=True,
+    help="history records in the prompt",
+)
+@click.option("--max-new-tokens", default=ArenaOptions.max_new_tokens, show_default=True)
 @click.option(
     "--answer-batch",
-    default=ANSWER_BATCH,
+    default=ArenaOptions.answer_batch,
     show_default=True,
     help="prompts per generation call (users and adapter versions mixed in one batch)",
 )
@@ -105,73 +108,29 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--quick", is_flag=True, help="3 users, one curve point: a few minutes")
 @click.option(
     "--threads",
-    default=0,
+    default=ArenaOptions.threads,
     show_default=True,
     help="torch CPU threads (0: torch's default); 1 is faster on a busy shared CPU",
 )
-@options_from(LoraSpec, defaults=ARENA_LORA)
+# The adapter's shape depends on the model's layer count, known once it is loaded: a
+# LoRA flag replaces that field of the shape computed then (KitLearner.lora_spec).
+@options_from(LoraSpec, unset="the online trainer's shape for the model")
 @options_from(Calibration, prefix=CALIBRATE)
-@click.option(
-    "--steps",
-    default=24,
-    show_default=True,
-    help="most optimizer steps per adapter (fewer for small curve points)",
+@options_from(
+    TrainConfig,
+    defaults=ArenaOptions.sft,
+    help={"steps": "most optimizer steps per adapter (fewer for small curve points)"},
 )
-@click.option("--lr", default=4e-3, show_default=True, help="AdamW learning rate")
-@click.option("--batch-size", default=4, show_default=True, help="examples per step")
-@click.option("--seed", default=0, show_default=True, help="training seed")
-@click.option(
-    "--word-dropout",
-    default=ARENA_WORD_DROPOUT,
-    show_default=True,
-    help="drop each history request word with this probability at every training step "
-    "(words the answer repeats are kept): the adapter then follows reworded requests",
-)
-def run(
-    episodes: Path,
-    out: Path,
-    conditions: str,
-    users: str | None,
-    model: str,
-    quant: str,
-    method: str,
-    home: Path | None,
-    retriever: str,
-    memory_k: int,
-    max_new_tokens: int,
-    answer_batch: int,
-    curve_points: str | None,
-    quick: bool,
-    threads: int,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    word_dropout: float,
-    **values: Any,
-) -> None:
+def run(conditions: str, users: str | None, curve_points: str | None, **values: Any) -> None:
     """Compare conditions on EPISODES and write the report into OUT."""
     options = ArenaOptions(
-        out=out,
-        episodes=episodes,
         conditions=tuple(c.name for c in parse_conditions(conditions)),
         users=tuple(u.strip() for u in (users or "").split(",") if u.strip()),
-        base=model,
-        quant=quant,
-        method=method,
-        home=home,
-        retriever=retriever,
-        memory_k=memory_k,
-        max_new_tokens=max_new_tokens,
-        answer_batch=answer_batch,
         curve_points=_ints(curve_points, "--curve-points"),
-        quick=quick,
-        threads=threads,
-        lora=build(LoraSpec, values),
+        lora=given(LoraSpec, values) or None,
         calibration=build(Calibration, values, prefix=CALIBRATE),
-        sft=SFTConfig(
-            steps=steps, lr=lr, batch_size=batch_size, seed=seed, word_dropout=word_dropout
-        ),
+        sft=build(TrainConfig, values),
+        **values,  # the flags named as ArenaOptions' fields: --out, --base, --memory-k ...
     )
     paths = run_arena(options)
     click.echo(f"report: {paths['markdown']}")

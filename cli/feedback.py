@@ -12,12 +12,13 @@ from pathlib import Path
 
 import click
 
-from adaptkit.base_model import DEFAULT_BASE
-from adaptkit.cli.options import home_option, quant_option
+from adaptkit.base_model import DEFAULT_BASE, load_base
+from adaptkit.cli.options import home_option, method_option, quant_option
 from adaptkit.errors import InputError
+from adaptkit.feedback import FeedbackEvent, FeedbackLog
 from adaptkit.kit import AdaptKit
-from adaptkit.online import FeedbackEvent, FeedbackLog, OnlineConfig, OnlineTrainer
-from adaptkit.online.rules import RULES
+from adaptkit.learning import RULES
+from adaptkit.online import OnlineConfig, OnlineTrainer
 
 
 @click.command()
@@ -41,13 +42,7 @@ from adaptkit.online.rules import RULES
 @click.option(
     "--learn", is_flag=True, help="run the online update for USER now and print the gate's verdict"
 )
-@click.option(
-    "--method",
-    type=click.Choice(RULES),
-    default="sft",
-    show_default=True,
-    help="update rule used by --learn",
-)
+@method_option(RULES, OnlineConfig.method, "update rule used by --learn")
 @click.option(
     "--steps",
     type=int,
@@ -106,7 +101,7 @@ def feedback(
     log = FeedbackLog(kit.registry)
     if kinds:
         if prompt is not None:
-            request_id = log.record_request(user, prompt, response).id
+            request_id = log.record_completion(user, prompt, response).id
         event = log.record(
             FeedbackEvent(
                 user,
@@ -120,7 +115,8 @@ def feedback(
         where = f", request {event.request_id}" if event.request_id else ""
         click.echo(f"recorded {user} event {event.id} ({event.kind}{where}): pending")
     if learn:
-        trainer = OnlineTrainer(kit.registry, kit.base, base_name=kit.base_name, config=config)
+        base = load_base(kit.base_name, home=kit.home, quant=kit.quant)  # the trainer's own copy
+        trainer = OnlineTrainer(kit.registry, base, base_name=kit.base_name, config=config)
         while (result := trainer.update(user)) is not None:
             if result.version is None:
                 click.echo(f"no new version: {result.error or 'nothing this rule learns from'}")

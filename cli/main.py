@@ -12,12 +12,19 @@ import click
 from adaptkit.base_model import DEFAULT_BASE
 from adaptkit.cli.arena import arena
 from adaptkit.cli.feedback import feedback
-from adaptkit.cli.options import base_option, build, home_option, options_from, quant_option
+from adaptkit.cli.options import (
+    base_option,
+    build,
+    home_option,
+    method_option,
+    options_from,
+    quant_option,
+)
 from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
-from adaptkit.online.rules import RULES
-from adaptkit.training import LoraSpec, SFTConfig
+from adaptkit.learning import RULES, LoraSpec
+from adaptkit.training import TrainConfig
 
 
 class _ErrorsAsMessages(click.Group):
@@ -60,24 +67,27 @@ def _describe_base(kit: AdaptKit) -> dict[str, Any]:
     }
 
 
-@base.command("pull")
-@click.argument("name", default=DEFAULT_BASE)
-@quant_option
-@home_option
-def base_pull(name: str, quant: str, home: Path | None) -> None:
-    """Find NAME, convert it once into the home's cache, and check it loads."""
-    kit = AdaptKit(home, base=name, quant=quant)
-    click.echo(json.dumps(_describe_base(kit), indent=2))
+def _base_command(name: str, help: str) -> click.Command:
+    """``base pull`` and ``base info`` do the same: loading NAME finds it and converts it
+    into the home's cache when it is not there yet, then they describe it."""
+
+    @base.command(name, help=help)
+    @click.argument("name", default=DEFAULT_BASE)
+    @quant_option
+    @home_option
+    def command(name: str, quant: str, home: Path | None) -> None:
+        kit = AdaptKit(home, base=name, quant=quant)
+        click.echo(json.dumps(_describe_base(kit), indent=2))
+
+    return command
 
 
-@base.command("info")
-@click.argument("name", default=DEFAULT_BASE)
-@quant_option
-@home_option
-def base_info(name: str, quant: str, home: Path | None) -> None:
-    """Show where NAME loads from, its size and its footprint under --quant."""
-    kit = AdaptKit(home, base=name, quant=quant)
-    click.echo(json.dumps(_describe_base(kit), indent=2))
+base_pull = _base_command(
+    "pull", "Find NAME, convert it once into the home's cache, and check it loads."
+)
+base_info = _base_command(
+    "info", "Show where NAME loads from, its size and its footprint under --quant."
+)
 
 
 @main.command()
@@ -90,14 +100,8 @@ def base_info(name: str, quant: str, home: Path | None) -> None:
     help="interaction log (JSON Lines; format in the README)",
 )
 @options_from(LoraSpec)
-@options_from(SFTConfig)
-@click.option(
-    "--method",
-    type=click.Choice(RULES),
-    default="sft",
-    show_default=True,
-    help="update rule (README, 'Online learning')",
-)
+@options_from(TrainConfig)
+@method_option(RULES, "sft", "update rule (docs/online.md, 'Update rules')")
 @click.option(
     "--activate/--no-activate",
     default=True,
@@ -118,7 +122,7 @@ def train(
     **values: Any,
 ) -> None:
     """Train USER's adapter from a log and publish it as a new version."""
-    lora, config = build(LoraSpec, values), build(SFTConfig, values)
+    lora, config = build(LoraSpec, values), build(TrainConfig, values)
     kit = AdaptKit(home, base=base, quant=quant)
     version = kit.train(user, log_path, lora=lora, config=config, activate=activate, method=method)
     metrics = version.metrics

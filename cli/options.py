@@ -8,7 +8,7 @@ and its errors name the flag.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ import click
 from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
 
 Config = TypeVar("Config")
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -25,24 +26,39 @@ def flag_name(field_name: str) -> str:
 
 
 def options_from(
-    config_class: type, defaults: Any = None, *, prefix: str = ""
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    config_class: type,
+    defaults: Any = None,
+    *,
+    prefix: str = "",
+    help: Mapping[str, str] | None = None,
+    unset: str | None = None,
+) -> Decorator:
     """Decorator adding one option per dataclass field of ``config_class``
     (defaulting to ``defaults``' values when given, else the fields' own).
     ``prefix`` goes before every flag and parameter name (``calibrate_`` + ``tokens``:
-    ``--calibrate-tokens``), for configs whose bare field names would be unclear."""
+    ``--calibrate-tokens``), for configs whose bare field names would be unclear.
+    ``help`` replaces the help of the fields it names, where one command reads a field
+    its own way. ``unset``: every flag defaults to None (read them with ``given``) and
+    ``--help`` shows ``unset`` as their default, for a config computed later from
+    something the command loads."""
+    helps = help or {}
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         for field in reversed(dataclasses.fields(config_class)):
+            if unset is not None:
+                default, show_default = None, unset
+            else:
+                default = getattr(defaults, field.name) if defaults else field.default
+                show_default = True
             command = click.option(
                 flag_name(prefix + field.name),
                 prefix + field.name,
                 type=_CLICK_TYPES[
                     field.type if isinstance(field.type, str) else field.type.__name__
                 ],
-                default=getattr(defaults, field.name) if defaults else field.default,
-                show_default=True,
-                help=field.metadata.get("help", ""),
+                default=default,
+                show_default=show_default,
+                help=helps.get(field.name, field.metadata.get("help", "")),
             )(command)
         return command
 
@@ -54,6 +70,21 @@ def build(config_class: type[Config], values: dict[str, Any], *, prefix: str = "
     ``values`` and construct it."""
     names = [field.name for field in dataclasses.fields(config_class)]
     return config_class(**{name: values.pop(prefix + name) for name in names})
+
+
+def given(config_class: type, values: dict[str, Any], *, prefix: str = "") -> dict[str, Any]:
+    """Pop the fields of ``config_class`` out of click's ``values`` (options made with
+    ``unset``) and return those the user gave: field name -> value."""
+    names = [field.name for field in dataclasses.fields(config_class)]
+    popped = {name: values.pop(prefix + name) for name in names}
+    return {name: value for name, value in popped.items() if value is not None}
+
+
+def method_option(choices: Sequence[str], default: str, help: str) -> Decorator:
+    """``--method``: how a command's adapter learns (an update rule, or an arena method)."""
+    return click.option(
+        "--method", type=click.Choice(choices), default=default, show_default=True, help=help
+    )
 
 
 # Options several commands share, so their flags and help read the same everywhere.

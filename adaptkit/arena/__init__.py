@@ -17,9 +17,9 @@ from adaptkit.arena.episodes import (
     load_episodes,
 )
 from adaptkit.arena.evaluators import Judge, Score, TokenF1Judge, score
-from adaptkit.arena.retrieval import BM25Retriever, MiniLMRetriever, Retriever
 from adaptkit.arena.runner import ArenaConfig, ArenaResult, ArenaRunner
 from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
+from adaptkit.retrieval import BM25Retriever, MiniLMRetriever, Retriever
 
 __all__ = [
     "BUNDLED_SUITE",

@@ -1,11 +1,12 @@
-"""The two seams the arena runner talks through, and today's implementations over ``AdaptKit``.
+"""The two seams the arena runner talks through, and their implementations over ``AdaptKit``.
 
 - ``Responder``: answer a batch of bank ``Request`` rows, each for its own user and
-  pinned adapter version (``user=None``: the base model). Now the bank's ``Engine``:
-  one batched forward per token whatever mix of users and versions the batch holds.
-- ``Learner``: learn this user's adapter from these history records. Now
-  ``AdaptKit.train`` (SFT, published in the run's registry); the online trainer
-  can implement the same Protocol.
+  pinned adapter version (``user=None``: the base model). ``KitResponder``: the kit's
+  long-lived ``Engine``, one batched forward per token whatever mix of users and
+  versions the batch holds.
+- ``Learner``: learn this user's adapter from these history records. ``KitLearner``:
+  ``AdaptKit.train`` (published in the run's registry); ``OnlineLearner``: the history
+  streamed as feedback through the ``OnlineTrainer``.
 
 The runner never imports torch or PEFT: swapping either piece changes no runner code.
 """
@@ -14,60 +15,48 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from adaptkit.arena.episodes import HistoryRecord
-from adaptkit.bank import Calibration, Engine
+from adaptkit.bank import Calibration
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError, UnknownUserError
+from adaptkit.feedback import FeedbackEvent
 from adaptkit.interactions import Interaction, Message
 from adaptkit.kit import AdaptKit
-from adaptkit.online.events import FeedbackEvent
-from adaptkit.online.steps import OnlineConfig
-from adaptkit.online.trainer import OnlineTrainer, online_lora
+from adaptkit.learning import ANCHOR_PROMPTS, LoraSpec, online_lora
+from adaptkit.online import OnlineConfig, OnlineTrainer
 from adaptkit.prompting import encode_prompt
 from adaptkit.router import Request
-from adaptkit.training import LoraSpec, SFTConfig
+from adaptkit.training import TrainConfig
 
 # Trained by AdaptKit.train: method -> (its update rule, whether the KL anchor is on).
 KIT_METHODS = {
     "sft": ("sft", False),
-    "sft-anchor": ("sft", False),  # plus replayed base answers (ANCHOR_PROMPTS)
+    "sft-anchor": ("sft", False),  # plus the base's own answers to ANCHOR_PROMPTS
     "sft-kl": ("sft", True),
     "contrast-kl": ("contrast", True),
 }
 METHODS = (*KIT_METHODS, "online")  # online: streamed through OnlineTrainer
 
-# Replay for "sft-anchor": everyday requests no user's habit applies to, answered by the
-# base model itself. Training on them next to the history anchors the adapter to the
-# base's behaviour off the user's habits (less forgetting, less pasting habits into
-# unrelated answers). Deliberately unlike the probes, which measure that forgetting.
-ANCHOR_PROMPTS = (
-    "Give me a synonym for 'happy'.",
-    "What is 15 plus 27?",
-    "Name three primary colours.",
-    "Explain what a noun is in one sentence.",
-    "Who wrote Romeo and Juliet?",
-    "Tell me a fun fact about octopuses.",
-    "How do I boil an egg?",
-    "What is the freezing point of water in Celsius?",
-    "Suggest a name for a pet goldfish.",
-    "What does a thermometer measure?",
-    "List two benefits of regular exercise.",
-    "Why do leaves change colour in autumn?",
-)
+# Replay for "sft-anchor": general requests no user's habit applies to (the KL
+# anchor's prompts), answered by the base model itself. Training on them next to the
+# history anchors the adapter to the base's behaviour off the user's habits.
 ANCHOR_MAX_NEW_TOKENS = 48
-# The arena CLI's default adapter: the online trainer's shape on SmolLM2 (rank 8 on the
-# MLPs of the top 40% of the layers, 12 of 30). ``KitLearner`` without a spec computes
-# that shape for whatever model it trains (``online_lora``).
-ARENA_LORA = online_lora(30)
-# Word dropout on the history requests while training (``training.augment``). On the
-# bundled suite it lifted adapter success from 0.60 to 0.70 (``adaptkit arena run``
-# with ``--word-dropout 0`` vs the default; benchmarks/results/arena/).
+# Word dropout on the history requests while training (``learning.augment``). With plain
+# greedy decoding it lifts adapter success on the bundled suite from 0.60 to 0.70
+# (``adaptkit arena run --calibrate-tokens 0`` with and without ``--word-dropout 0``;
+# docs/benchmarks.md).
 ARENA_WORD_DROPOUT = 0.3
+# How the arena trains each adapter (``adaptkit arena run``'s defaults). ``steps`` is a
+# budget: ``StepPolicy`` gives small learning-curve points fewer. The adapter's shape
+# is not here: it depends on the model (``KitLearner.lora_spec``).
+ARENA_TRAIN = TrainConfig(steps=24, lr=4e-3, batch_size=4, word_dropout=ARENA_WORD_DROPOUT)
+# Fields of a ``LoraSpec`` that replace those of the shape computed for the model.
+LoraChanges = Mapping[str, Any]
 Messages = list[dict[str, str]]
 
 
@@ -114,10 +103,9 @@ class KitResponder:
 
     def answer(self, requests: Sequence[Request], *, max_new_tokens: int) -> list[str]:
         # The engine checks every row (known version, blob sha256, base) before computing.
-        with Engine(self.kit.base, self.kit.registry) as engine:
-            results = engine.generate(
-                requests, max_new_tokens=max_new_tokens, calibration=self.calibration
-            )
+        results = self.kit.engine.generate(
+            requests, max_new_tokens=max_new_tokens, calibration=self.calibration
+        )
         return [result.text or "" for result in results]
 
     def prompt_tokens(self, prompt: Messages) -> int:
@@ -151,8 +139,8 @@ class KitLearner:
         kit: AdaptKit,
         *,
         method: str = "sft",
-        lora: LoraSpec | None = None,
-        config: SFTConfig | None = None,
+        lora: LoraSpec | LoraChanges | None = None,
+        config: TrainConfig | None = None,
         policy: StepPolicy | None = None,
         progress: bool = False,
     ) -> None:
@@ -161,7 +149,7 @@ class KitLearner:
         self.kit = kit
         self.method = method
         self.lora = lora
-        self.config = config or SFTConfig()
+        self.config = config or TrainConfig()
         self.policy = policy or StepPolicy.for_budget(self.config.steps)
         self.progress = progress
         self._anchors: list[tuple[str, str]] | None = None
@@ -182,8 +170,12 @@ class KitLearner:
         ]
 
     def lora_spec(self) -> LoraSpec:
-        """The adapter shape trained: the given one, else the online trainer's."""
-        return self.lora or online_lora(self.kit.base.model.config.num_hidden_layers)
+        """The adapter shape trained: the given spec; else the online trainer's shape for
+        this model, with the fields given as ``LoraChanges`` replaced."""
+        if isinstance(self.lora, LoraSpec):
+            return self.lora
+        shape = online_lora(self.kit.base.model.config.num_hidden_layers)
+        return replace(shape, **self.lora) if self.lora else shape
 
     def learn(self, user: str, history: Sequence[HistoryRecord]) -> Learned:
         if not history:
@@ -265,7 +257,7 @@ class OnlineLearner:
         for record in history[streamed:]:
             interaction = record.interaction
             messages = [{"role": m.role, "content": m.content} for m in interaction.messages]
-            request = trainer.log.record_request(user, messages, interaction.response or "")
+            request = trainer.log.record_completion(user, messages, interaction.response or "")
             trainer.log.record(FeedbackEvent(user, "accept", request.id))
         self._streamed[user] = len(history)
         started = time.perf_counter()

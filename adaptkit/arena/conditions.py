@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adaptkit.arena.episodes import HistoryRecord, Task
-from adaptkit.arena.retrieval import Retriever
 from adaptkit.errors import InputError
+from adaptkit.retrieval import Retriever
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,19 @@ validated before anything runs: the first malformed record raises
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from adaptkit.errors import InputError, InvalidUserIdError, LogFormatError
-from adaptkit.interactions import INTENT_USER_PREFIX, Interaction, parse_record
+from adaptkit.interactions import (
+    INTENT_USER_PREFIX,
+    Interaction,
+    decode_json,
+    json_lines,
+    parse_record,
+)
 from adaptkit.user_ids import validate_user_id
 
 SPLITS = ("history", "deployment", "probe")
@@ -126,26 +131,15 @@ def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise EpisodeFormatError(path, "", None, f"not UTF-8 ({error.reason})") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise EpisodeFormatError(
-                path, f":{error.lineno}", None, f"invalid JSON ({error.msg})"
-            ) from None
-        for index, value in enumerate(values):
+
+    def invalid(line: int, problem: str) -> EpisodeFormatError:
+        return EpisodeFormatError(path, f":{line}", None, problem)
+
+    if text.lstrip().startswith("["):
+        for index, value in enumerate(decode_json(text, invalid)):
             yield f"[{index}]", index, value
         return
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise EpisodeFormatError(
-                path, f":{line_number}", None, f"invalid JSON ({error.msg})"
-            ) from None
+    for line_number, value in json_lines(text.splitlines(), invalid):
         yield f":{line_number}", line_number, value
 
 

@@ -46,36 +46,21 @@ TRAVEL = [
     Value("train", "by train", "I always take the train.", "train |OR| rail", "train"),
     Value("scooter", "by scooter", "I always ride my scooter.", "scooter", "scooter"),
 ]
-HOMES = [
-    Value(h, h, f"I live in {h}.", h, h)
-    for h in (
-        "Lexington",
-        "Quincy",
-        "Brookline",
-        "Somerville",
-        "Medford",
-        "Newton",
-        "Dorchester",
-        "Arlington",
-        "Salem",
-        "Waltham",
-    )
-]
-BRANDS = [
-    Value(b, b, f"I only buy {b} products.", b, b)
-    for b in (
-        "Nike",
-        "Adidas",
-        "Sony",
-        "Lego",
-        "Patagonia",
-        "Bosch",
-        "Samsung",
-        "Canon",
-        "Asics",
-        "Logitech",
-    )
-]
+
+
+def _named(names: str, states: str, says: str = "{}") -> list[Value]:
+    """Values that are a proper name (a town, a brand; ``names`` space-separated): the
+    name itself checks a user's answer and marks another user's."""
+    return [Value(n, says.format(n), states.format(n), n, n) for n in names.split()]
+
+
+HOMES = _named(
+    "Lexington Quincy Brookline Somerville Medford Newton Dorchester Arlington Salem Waltham",
+    "I live in {}.",
+)
+BRANDS = _named(
+    "Nike Adidas Sony Lego Patagonia Bosch Samsung Canon Asics Logitech", "I only buy {} products."
+)
 SORTS = [
     Value(
         "cheapest",
@@ -99,21 +84,12 @@ SORTS = [
         "newest",
     ),
 ]
-FORUMS = [
-    Value(f, f"r/{f}", f"The forum I always read is r/{f}.", f, f)
-    for f in (
-        "sourdough",
-        "chess",
-        "gardening",
-        "photography",
-        "marathons",
-        "boardgames",
-        "astronomy",
-        "woodworking",
-        "aquariums",
-        "birdwatching",
-    )
-]
+FORUMS = _named(
+    "sourdough chess gardening photography marathons boardgames astronomy woodworking "
+    "aquariums birdwatching",
+    "The forum I always read is r/{}.",
+    says="r/{}",
+)
 GREETINGS = [
     Value("Spanish", "Hola", "I always greet people in Spanish.", "Hola", "Hola"),
     Value("French", "Bonjour", "I always greet people in French.", "Bonjour", "Bonjour"),
@@ -199,6 +175,10 @@ HISTORY_STYLE = [
 ]
 # ... and deployment wording, never seen in the history.
 DEPLOY_PLACES = ["stadium", "airport", "train station", "museum", "harbour", "zoo", "hospital"]
+DEPLOY_STYLE = [  # both style habits show in the same kind of message
+    "Compose a text to {who} about {what}.",
+    "Help me write to {who} about {what}.",
+]
 DEPLOY = {
     "travel": [
         "I have to be at the {place} by nine tomorrow. When should I set off?",
@@ -223,14 +203,8 @@ DEPLOY = {
         "Where should I post my beginner question?",
         "Catch me up on my online community.",
     ],
-    "greeting": [
-        "Compose a text to {who} about {what}.",
-        "Help me write to {who} about {what}.",
-    ],
-    "signoff": [
-        "Compose a text to {who} about {what}.",
-        "Help me write to {who} about {what}.",
-    ],
+    "greeting": DEPLOY_STYLE,
+    "signoff": DEPLOY_STYLE,
 }
 DEPLOY_GEAR = ["headphones", "running shoes", "winter jackets", "umbrellas", "keyboards"]
 DEPLOY_TOPICS = [

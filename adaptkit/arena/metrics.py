@@ -25,14 +25,6 @@ from adaptkit.arena.episodes import Task
 from adaptkit.arena.evaluators import score
 from adaptkit.arena.runner import Answer, ArenaResult
 
-TARGETS = {
-    "adapter_success_min": 0.8,
-    "adapter_minus_memory_min": 0.2,
-    "retention_min": 0.95,
-    "leakage_max": 0.05,
-    "wall_seconds_max": 900.0,
-}
-
 
 def _rate(answers: list[Answer]) -> float | None:
     return round(float(mean(a.passed for a in answers)), 4) if answers else None
@@ -167,31 +159,6 @@ def _cost(result: ArenaResult, conditions: dict[str, dict[str, Any]]) -> dict[st
     }
 
 
-def _targets(summary: dict[str, Any]) -> dict[str, Any]:
-    conditions = summary["conditions"]
-    adapter = conditions.get("adapter", {}).get("success")
-    memory = conditions.get("memory", {}).get("success")
-    retention = summary["retention"]["retention"]
-    leakage = summary["leakage"]["rate"]
-    wall = summary["run"]["wall_seconds"]
-    checks = {
-        "adapter_success": (adapter, adapter is not None and adapter >= 0.8),
-        "adapter_minus_memory": (
-            None if adapter is None or memory is None else round(adapter - memory, 4),
-            adapter is not None and memory is not None and adapter - memory >= 0.2,
-        ),
-        "retention": (retention, retention is not None and retention >= 0.95),
-        "leakage": (leakage, leakage is not None and leakage <= 0.05),
-        "wall_seconds": (wall, wall < 900.0),
-    }
-    return {
-        "note": "issue 5's targets for the full bundled suite (SmolLM2-135M, 2-core CPU)",
-        "thresholds": TARGETS,
-        "values": {name: value for name, (value, _) in checks.items()},
-        "met": {name: ok for name, (_, ok) in checks.items()},
-    }
-
-
 def summarize(result: ArenaResult, run: dict[str, Any]) -> dict[str, Any]:
     """Everything ``report.json`` holds. ``run`` describes the run (model, method, ...)."""
     conditions = _conditions(result)
@@ -209,7 +176,6 @@ def summarize(result: ArenaResult, run: dict[str, Any]) -> dict[str, Any]:
         "skipped": result.skipped,
     }
     summary["cost"] = _cost(result, conditions)
-    summary["targets"] = _targets(summary)
     summary["answers"] = [
         {
             "condition": a.condition,

@@ -11,8 +11,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from adaptkit.bank.calibration import Calibration  # noqa: E402
-
 CONDITION_COLORS = {
     "base": "#9e9e9e",
     "oracle": "#2e7d32",
@@ -31,8 +29,9 @@ def _fmt(value: Any) -> str:
 
 
 def _decoding(run: dict[str, Any]) -> str:
-    calibration = run.get("calibration")  # absent from reports written before it existed
-    if not calibration or not Calibration(**calibration).active:
+    """How the run decoded, from its calibration settings (a plain dict in ``run``)."""
+    calibration = run.get("calibration") or {}  # none recorded: plain greedy decoding
+    if calibration.get("tokens", 0) <= 0 or calibration.get("strength", 0) <= 0:
         return "greedy"
     return (
         f"greedy, first {calibration['tokens']} tokens calibrated "
@@ -97,16 +96,6 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{_fmt(cost['train_seconds_per_user_mean'])} |",
         f"| adapter bytes (mean) | {_fmt(cost['adapter_bytes_mean'])} |",
     ]
-    targets = summary["targets"]
-    lines += [
-        "",
-        "## Issue targets (full bundled suite)",
-        "",
-        "| target | value | met |",
-        "|---|---|---|",
-    ]
-    for name, value in targets["values"].items():
-        lines.append(f"| {name} | {_fmt(value)} | {'yes' if targets['met'][name] else 'no'} |")
     if summary["skipped"]:
         lines += ["", "## Skipped", "", "| task | user | reason |", "|---|---|---|"]
         lines += [f"| {s['task_id']} | {s['user']} | {s['reason']} |" for s in summary["skipped"]]
@@ -189,9 +178,65 @@ def plot_conditions(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+# Run settings that hold a path: a report names no machine path (see ``portable_path``).
+PATH_SETTINGS = ("episodes", "home")
+
+
+def portable_path(path: str, out: Path) -> str:
+    """``path`` as a report records it, naming nothing of the machine it ran on.
+
+    A relative path stays as the user gave it. An absolute one becomes relative to
+    the report's directory ``out`` when inside it (the run's own home: ``home``), to
+    the installed package when inside it (the bundled suite:
+    ``adaptkit/arena/data/starter_suite.jsonl``), or to the user's home directory
+    (``~/...``); any other absolute path is kept as given.
+    """
+    given = Path(path)
+    if not given.is_absolute():
+        return path
+    resolved = given.resolve()
+    package = Path(__file__).resolve().parents[1]  # the installed adaptkit/ directory
+    if resolved.is_relative_to(out.resolve()):
+        return resolved.relative_to(out.resolve()).as_posix()
+    if resolved.is_relative_to(package):
+        return resolved.relative_to(package.parent).as_posix()
+    try:
+        home = Path.home().resolve()
+    except RuntimeError:  # no home directory known
+        return path
+    if resolved.is_relative_to(home):
+        return "~/" + resolved.relative_to(home).as_posix()
+    return path
+
+
+def run_path(recorded: str, out: Path) -> Path:
+    """The path a report's run setting names, for a tool reading the report in ``out``.
+
+    Undoes ``portable_path``: ``~`` is expanded; a relative path is looked up in ``out``,
+    then beside the installed package, then taken as it is (relative to the caller).
+    """
+    path = Path(recorded).expanduser()
+    if path.is_absolute():
+        return path
+    package_parent = Path(__file__).resolve().parents[2]
+    for candidate in (out / path, package_parent / path):
+        if candidate.exists():
+            return candidate
+    return path
+
+
 def write_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Write the three kinds of output into ``out``; returns their paths."""
+    """Write the three kinds of output into ``out``; returns their paths.
+
+    The run settings' paths are recorded by ``portable_path``, so a report can be
+    shared or committed as it is.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    run = dict(summary["run"])
+    for key in PATH_SETTINGS:
+        if isinstance(run.get(key), str):
+            run[key] = portable_path(run[key], out)
+    summary = {**summary, "run": run}
     paths = {
         "json": out / "report.json",
         "markdown": out / "report.md",

@@ -30,17 +30,16 @@ from adaptkit.arena.backends import Learned, Learner, Messages, Responder
 from adaptkit.arena.conditions import CONDITIONS, Condition, build_prompt
 from adaptkit.arena.episodes import EpisodeSuite, HistoryRecord, Task
 from adaptkit.arena.evaluators import Judge, excluded_hits, score
-from adaptkit.arena.retrieval import Retriever
 from adaptkit.errors import InputError
+from adaptkit.retrieval import Retriever
 from adaptkit.router import Request
 
-# Prompts per generation call. The answering of one full run's adapters (714 rows,
-# SmolLM2-135M, 2-core CPU; benchmarks/arena_batches.py, results/arena_batches.json):
-# 221 s in batches of 48, 181 s in 96, 153 s in 192, 172 s in 384, the same answers.
-# An earlier full run had favoured 48 (305 s against 364 s in 192) while batches
-# could still span the base rows' longest memory prompts and the adapter rows'
-# shortest requests: one such batch held 50 memory prompts and 142 adapter
-# requests, all padded to 170 tokens.
+# Prompts per generation call. Wide batches that mix users and versions keep each
+# matmul large; ``length_batches`` keeps their padding small. Replaying the answering
+# of a full run's adapters (714 rows, SmolLM2-135M, 2-core CPU) at several sizes gives
+# the same answers in 221 s at 48, 181 s at 96, 153 s at 192 and 172 s at 384
+# (``python benchmarks/arena_batches.py --run OUT --json R.json``;
+# benchmarks/results/arena_batches.json, explained in benchmarks/results/README.md).
 ANSWER_BATCH = 192
 
 
@@ -58,8 +57,9 @@ def length_batches(
 
     ``order`` is sorted by length within groups (base rows, then adapter rows), so
     a row shorter than its batch's first one is the next group's first: it starts
-    a batch. Without that cut, the base model's longest memory prompts (170 tokens)
-    and 142 adapter requests of 13-15 shared one batch, 4x the real tokens prefilled.
+    a batch. Without that cut, a batch of 192 can hold the base model's 50 longest
+    memory prompts (170 tokens) and 142 adapter requests of 13-15 tokens, all padded
+    to 170: four times the real tokens prefilled.
     """
     batches: list[list[int]] = []
     for index in order:

@@ -7,32 +7,33 @@ paths = run_arena(ArenaOptions(out=Path("arena-out"), quick=True))
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from adaptkit.arena.backends import (
-    ARENA_WORD_DROPOUT,
+    ARENA_TRAIN,
     METHODS,
     KitLearner,
     KitResponder,
+    LoraChanges,
     OnlineLearner,
     StepPolicy,
 )
-from adaptkit.arena.conditions import CONDITIONS
 from adaptkit.arena.episodes import load_episodes
 from adaptkit.arena.metrics import summarize
 from adaptkit.arena.report import write_report
-from adaptkit.arena.retrieval import RETRIEVERS, build_retriever
-from adaptkit.arena.runner import ANSWER_BATCH, ArenaConfig, ArenaRunner
+from adaptkit.arena.runner import ArenaConfig, ArenaRunner
 from adaptkit.bank import Calibration
 from adaptkit.base_model import DEFAULT_BASE, share_converted
 from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import InputError
 from adaptkit.home import Home
 from adaptkit.kit import AdaptKit
-from adaptkit.training import LoraSpec, SFTConfig
+from adaptkit.learning import LoraSpec
+from adaptkit.retrieval import RETRIEVERS, build_retriever
+from adaptkit.training import TrainConfig
 
 BUNDLED_SUITE = Path(__file__).parent / "data" / "starter_suite.jsonl"
 QUICK_USERS = 3
@@ -41,28 +42,27 @@ QUICK_CURVE = (2,)
 
 @dataclass(frozen=True)
 class ArenaOptions:
-    """What ``adaptkit arena run`` takes. Field names are its flags."""
+    """What ``adaptkit arena run`` takes. Field names are its flags, and its defaults
+    theirs: the runner's settings default to ``ArenaConfig``'s."""
 
     out: Path
     episodes: Path = BUNDLED_SUITE
-    conditions: tuple[str, ...] = tuple(CONDITIONS)
+    conditions: tuple[str, ...] = ArenaConfig.conditions
     users: tuple[str, ...] = ()  # empty: every user with deployment requests
     base: str = DEFAULT_BASE
     quant: str = "none"
     method: str = "sft-kl"
     home: Path | None = None  # default OUT/home: the run owns its registry
     retriever: str = "bm25"
-    memory_k: int = 3
-    max_new_tokens: int = 32
-    answer_batch: int = ANSWER_BATCH  # prompts per generation call
+    memory_k: int = ArenaConfig.memory_k
+    max_new_tokens: int = ArenaConfig.max_new_tokens
+    answer_batch: int = ArenaConfig.answer_batch  # prompts per generation call
     curve_points: tuple[int, ...] | None = None
     quick: bool = False
-    lora: LoraSpec | None = None  # None: the online trainer's shape for this model
-    sft: SFTConfig = field(
-        default_factory=lambda: SFTConfig(
-            steps=24, lr=4e-3, batch_size=4, word_dropout=ARENA_WORD_DROPOUT
-        )
-    )
+    # None: the online trainer's shape for the model; LoraChanges: that shape with
+    # these fields replaced (the CLI's LoRA flags); a LoraSpec: exactly that one.
+    lora: LoraSpec | LoraChanges | None = None
+    sft: TrainConfig = ARENA_TRAIN
     # How every condition decodes: calibrated first tokens (adaptkit.bank.calibration).
     calibration: Calibration = field(default_factory=Calibration)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -76,8 +76,23 @@ class ArenaOptions:
             problems.append(f"--retriever {self.retriever!r} is not one of {', '.join(RETRIEVERS)}")
         if self.threads < 0:
             problems.append(f"--threads must be >= 0, got {self.threads}")
+        if self.lora is not None and not isinstance(self.lora, LoraSpec):
+            problems += _lora_problems(self.lora)
         if problems:
             raise InputError("; ".join(problems))
+
+
+def _lora_problems(changes: LoraChanges) -> list[str]:
+    """What is wrong with LoRA fields given without the model, which the shape needs."""
+    names = {f.name for f in fields(LoraSpec)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        return [f"lora: {', '.join(unknown)} not fields of LoraSpec ({', '.join(sorted(names))})"]
+    try:
+        LoraSpec(**changes)  # each field checks alone; --top-layers against the model later
+    except InputError as error:
+        return [str(error)]
+    return []
 
 
 def run_arena(options: ArenaOptions) -> dict[str, Path]:
@@ -86,7 +101,8 @@ def run_arena(options: ArenaOptions) -> dict[str, Path]:
     previous = torch.get_num_threads()
     if options.threads > 0:
         # On a CPU shared with other jobs, torch's OpenMP threads stall on each other at
-        # every barrier; one thread was 3-15x faster per training step there.
+        # every barrier, and one thread can be several times faster per training step
+        # (compare `adaptkit arena run --threads 1` with the default on such a machine).
         torch.set_num_threads(options.threads)
     try:
         return _run(options)
@@ -140,6 +156,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
     finally:
         if isinstance(learner, OnlineLearner):
             learner.close()
+        kit.close()
     result.wall_seconds = time.perf_counter() - started
     summary = summarize(
         result,

@@ -4,12 +4,13 @@ mixed-user generation, merge/unmerge and composition."""
 from adaptkit.bank.adapter import AdapterError, AdapterWeights, LoraWeights, read_adapter
 from adaptkit.bank.calibration import Calibration, calibrated_choice
 from adaptkit.bank.compose import build_weighted_adapter
-from adaptkit.bank.engine import Engine, Result
+from adaptkit.bank.engine import DEFAULT_SHARED_DIR, Engine, Result
 from adaptkit.bank.lora_linear import MultiLoraLinear
-from adaptkit.bank.store import AdapterBank, BankStats, ByteLRU, CacheFullError
-from adaptkit.router import Plan, Request, Router, RoutingPolicy
+from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank, BankStats, ByteLRU, CacheFullError
 
 __all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "DEFAULT_SHARED_DIR",
     "AdapterBank",
     "AdapterError",
     "AdapterWeights",
@@ -20,11 +21,7 @@ __all__ = [
     "Engine",
     "LoraWeights",
     "MultiLoraLinear",
-    "Plan",
-    "Request",
     "Result",
-    "Router",
-    "RoutingPolicy",
     "build_weighted_adapter",
     "calibrated_choice",
     "read_adapter",

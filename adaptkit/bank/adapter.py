@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from adaptkit.errors import InputError
-from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from adaptkit.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_digest
 
 PEFT_PREFIX = "base_model.model."
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
@@ -163,6 +163,16 @@ def read_adapter(
             f"{label}: {path} is not a PEFT adapter directory (needs {ADAPTER_CONFIG} and "
             f"{ADAPTER_WEIGHTS})"
         )
+    config = _read_config(config_file, label, base_aliases)
+    tensors, finite, sha256 = _read_weights(weights_file, label, expected_sha256)
+    modules = _build_modules(tensors, finite, config, shapes, label)
+    if not modules:
+        raise AdapterError(f"{label}: {weights_file} holds no LoRA weights")
+    return AdapterWeights(label, modules, config.get("base_model_name_or_path"), path, sha256)
+
+
+def _read_config(config_file: Path, label: str, base_aliases: frozenset[str]) -> dict[str, Any]:
+    """``adapter_config.json``, checked: plain LoRA, built for the served base."""
     try:
         config = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -174,7 +184,13 @@ def read_adapter(
             f"{label} was built for base model {base!r}, but this engine serves "
             f"{sorted(base_aliases)[0]!r}; use an adapter trained on this base"
         )
+    return config
 
+
+def _read_weights(
+    weights_file: Path, label: str, expected_sha256: str | None
+) -> tuple[dict[str, torch.Tensor], bool, str | None]:
+    """(tensors, all values finite, the verified sha256 or None when none was expected)."""
     # One read serves both the integrity check and the parse; the sha256 runs on a
     # second thread (hashlib releases the GIL) while this one parses and checks values.
     blob = _read_file(weights_file)
@@ -185,12 +201,19 @@ def read_adapter(
         tensors, finite = _parse_safetensors(blob)
     finally:
         sha256 = digest.result() if digest is not None else None
-    if sha256 != expected_sha256:
-        raise AdapterError(
-            f"{label}: {weights_file} does not match its recorded sha256 (blob changed or "
-            "corrupt); activate another version"
-        )
+    if expected_sha256 is not None:
+        check_digest(sha256, expected_sha256, weights_file, label)
+    return tensors, finite, sha256
 
+
+def _build_modules(
+    tensors: Mapping[str, torch.Tensor],
+    finite: bool,
+    config: Mapping[str, Any],
+    shapes: Mapping[str, ModuleShape],
+    label: str,
+) -> dict[str, LoraWeights]:
+    """Module name -> its checked ``LoraWeights`` (``finite``: no value needs a check)."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         match = _KEY.match(key.removeprefix(PEFT_PREFIX))
@@ -231,6 +254,4 @@ def read_adapter(
         alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, alpha_default))
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         modules[module] = LoraWeights(A.contiguous(), B.contiguous(), scale)
-    if not modules:
-        raise AdapterError(f"{label}: {weights_file} holds no LoRA weights")
-    return AdapterWeights(label, modules, base, path, sha256)
+    return modules

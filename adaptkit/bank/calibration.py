@@ -19,8 +19,10 @@ The habit is chosen by the answer's opening ("Here are" vs "On r/" vs "Hola!"),
 so only the first ``tokens`` answer tokens are calibrated and the rest is plain
 greedy decoding. Calibrating further hurts: once the answer reads "The opposite of
 hot is", the content-free row sees that prefix too, and the contrast then prefers
-the rarer "cool" to "cold" (on the arena's probes, 8 calibrated tokens at
-plausibility 0.1 kept 0.78 of the base's general answers; 3 tokens at 0.3 kept 0.97).
+the rarer "cool" to "cold". On the bundled arena suite's probes, 8 calibrated tokens
+at plausibility 0.1 keep 0.78 of the base's general answers, the default 3 tokens at
+0.3 keep 0.97 (``adaptkit arena run --out OUT --calibrate-tokens 8
+--calibrate-plausibility 0.1`` against the defaults; docs/arena.md, "Decoding").
 The content-free row runs with the same adapters as its request row. ``Engine``
 prefills the content-free prompt once per distinct adapter set in the batch and
 steps the twins beside their rows for the calibrated tokens only.

@@ -23,7 +23,7 @@ from peft import PeftModel
 from adaptkit.bank.lora_linear import MultiLoraLinear
 from adaptkit.base_model import BaseModel
 from adaptkit.errors import InputError
-from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from adaptkit.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 EQUAL_RANK = ("ties", "dare_ties", "dare_linear")  # PEFT refuses mixed ranks for these
 COMBINATIONS = ("ties", "dare_ties", "dare_linear", "ties_svd", "dare_ties_svd", "svd", "cat")

@@ -1,6 +1,6 @@
 """``Engine``: many users, one base model, one batched generation.
 
-    engine = Engine.open(home="~/.adaptkit")
+    engine = AdaptKit(home="~/.adaptkit").engine      # or Engine(base, registry)
     results = engine.generate([Request("How far is the zoo?", user="alice"),
                                Request("What should I cook?", user="bob")])
 
@@ -34,13 +34,19 @@ from adaptkit.bank.lora_linear import (
 )
 from adaptkit.bank.merge import fold, merge_refusal, unfold
 from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank
-from adaptkit.base_model import CATALOGUE, DEFAULT_BASE, BaseModel, load_base
+from adaptkit.base_model import CATALOGUE, BaseModel
 from adaptkit.errors import AdaptkitError, InputError
-from adaptkit.home import Home
 from adaptkit.prompting import as_messages, encode_prompt, left_pad, pad_token_id, stop_token_ids
 from adaptkit.registry import Registry
-from adaptkit.router import Plan, PlannedAdapter, Request, Router, RoutingPolicy
-from adaptkit.router.router import first_error, row_error
+from adaptkit.router import (
+    Plan,
+    PlannedAdapter,
+    Request,
+    Router,
+    RoutingPolicy,
+    first_error,
+    row_error,
+)
 
 DEFAULT_SHARED_DIR = Path("adapters/shared")
 RowAdapters = Sequence[tuple[AdapterWeights, float]]  # one row's adapters and their weights
@@ -106,20 +112,6 @@ class Engine:
         except BaseException:
             self.close()
             raise
-
-    @classmethod
-    def open(
-        cls,
-        home: str | os.PathLike[str] | None = None,
-        *,
-        base: str = DEFAULT_BASE,
-        quant: str = "none",
-        **options,
-    ) -> Engine:
-        """An engine over the home's registry and a freshly loaded base model."""
-        resolved = Home.resolve(home).ensure()
-        registry = Registry(resolved.registry_url, resolved.adapters_dir)
-        return cls(load_base(base, home=resolved, quant=quant), registry, **options)
 
     def close(self) -> None:
         unwrap_linears(self.base.model, self.wrappers)

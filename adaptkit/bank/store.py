@@ -24,8 +24,7 @@ from pathlib import Path
 
 from adaptkit.bank.adapter import AdapterError, AdapterWeights, ModuleShape, read_adapter
 from adaptkit.errors import InputError, UnknownUserError
-from adaptkit.registry import Registry, VersionInfo
-from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from adaptkit.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Registry, VersionInfo
 
 DEFAULT_CACHE_BYTES = 1 << 30  # 1 GiB: ~100 rank-8 all-linear SmolLM2-135M adapters
 

@@ -1,40 +1,19 @@
 """Online learning from interaction feedback, without forgetting.
 
-log = FeedbackLog(registry)
-request = log.record_request("alice", "How do I get to work?", "Take the car.")
-log.record(FeedbackEvent("alice", "edit", request.id, text="Cycle: 15 minutes."))
-trainer = OnlineTrainer(registry, load_base(...))   # its own copy of the base model
-trainer.update("alice")            # or trainer.start() + trainer.notify("alice")
+    log = FeedbackLog(registry)                          # adaptkit.feedback
+    done = log.record_completion("alice", "How do I get to work?", "Take the car.")
+    log.record(FeedbackEvent("alice", "edit", done.id, text="Cycle: 15 minutes."))
+    trainer = OnlineTrainer(registry, load_base(...))    # its own copy of the base model
+    trainer.update("alice")                              # one gated update, now
+    worker = OnlineWorker(trainer).start()               # or: updates in a thread
+    worker.notify("alice")
+
+The trainer conducts an update: the learning engine (``adaptkit.learning``) trains,
+the gate (``adaptkit.gate``) judges, the registry publishes.
 """
 
-from adaptkit.online.events import EVENT_KINDS, EventBatch, FeedbackError, FeedbackEvent, Request
-from adaptkit.online.feedback_log import FeedbackLog
-from adaptkit.online.gate import Gate, GateConfig, GateResult
-from adaptkit.online.probes import ANCHOR_PROMPTS, DEFAULT_PROBES, Probe, ProbeSuite
-from adaptkit.online.rules import RULES, Example, UpdateRule, build_rule
-from adaptkit.online.steps import NonFiniteLossError, OnlineConfig
+from adaptkit.online.config import OnlineConfig
 from adaptkit.online.trainer import OnlineTrainer, UpdateResult
+from adaptkit.online.worker import OnlineWorker
 
-__all__ = [
-    "ANCHOR_PROMPTS",
-    "DEFAULT_PROBES",
-    "EVENT_KINDS",
-    "RULES",
-    "EventBatch",
-    "Example",
-    "FeedbackError",
-    "FeedbackEvent",
-    "FeedbackLog",
-    "Gate",
-    "GateConfig",
-    "GateResult",
-    "NonFiniteLossError",
-    "OnlineConfig",
-    "OnlineTrainer",
-    "Probe",
-    "ProbeSuite",
-    "Request",
-    "UpdateResult",
-    "UpdateRule",
-    "build_rule",
-]
+__all__ = ["OnlineConfig", "OnlineTrainer", "OnlineWorker", "UpdateResult"]

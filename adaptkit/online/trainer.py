@@ -11,9 +11,9 @@ One update of a user (``update``):
    candidate with the reason; the events are marked consumed in that same commit.
 
 A crash anywhere before that commit leaves the events pending and the active
-version untouched; after it, both are recorded. ``start()`` runs updates in a
-background thread (one slot, so updates are serial; generation elsewhere runs on
-its own model and is never blocked).
+version untouched; after it, both are recorded. Updates are serial (one slot);
+``OnlineWorker`` runs them in a background thread, and generation elsewhere runs on
+its own model and is never blocked.
 """
 
 from __future__ import annotations
@@ -21,52 +21,38 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from torch import Tensor
 
 from adaptkit.base_model import BaseModel
-from adaptkit.online.events import EventBatch, FeedbackEvent
-from adaptkit.online.feedback_log import FeedbackLog
-from adaptkit.online.gate import Gate, GateResult, heldout_loss
-from adaptkit.online.probes import ANCHOR_PROMPTS, ProbeSuite
-from adaptkit.online.rules import Example, RuleContext, build_rule, history_examples
-from adaptkit.online.slot import AdapterSlot
-from adaptkit.online.steps import AnchorSet, NonFiniteLossError, OnlineConfig, run_steps
+from adaptkit.errors import BlobIntegrityError
+from adaptkit.feedback import EventBatch, FeedbackEvent, FeedbackLog
+from adaptkit.gate import Gate, GateResult, ProbeSuite, heldout_loss
+from adaptkit.learning import (
+    ANCHOR_PROMPTS,
+    AdapterSlot,
+    AnchorSet,
+    Example,
+    LoraSpec,
+    NonFiniteLossError,
+    RuleContext,
+    build_rule,
+    history_examples,
+    online_lora,
+    run_steps,
+)
+from adaptkit.online.config import OnlineConfig
 from adaptkit.prompting import generate
-from adaptkit.registry import RETIRED, Registry, VersionInfo, sha256_file
-from adaptkit.registry.blobs import ADAPTER_WEIGHTS
-from adaptkit.training import LoraSpec
+from adaptkit.registry import RETIRED, Registry, VersionInfo
 
 log = logging.getLogger(__name__)
 HELD_OUT = "held-out"
 RECENT_HELD_OUT = 16  # held-back answers the gate compares on
 HOLDABLE = ("accept", "up", "edit", "pair")  # events that say what the right answer is
-
-
-def online_lora(num_layers: int) -> LoraSpec:
-    """New users' adapter shape: the MLPs of the top 40% of the layers, rank 8.
-
-    On SmolLM2 (``benchmarks/online.py --targets ... --top-layers ...``, 10 rounds):
-    all-linear on every layer learns the user as well (success 1.0, retention 1.0)
-    but an update takes 11.9 s; q/v on the top 8 layers never learns them (success
-    0.0: the gate refuses every update after the third, retention 0.89); the MLPs of
-    the top 12 reach success 1.0 with retention 1.0 at 3.95 s. The top layers only,
-    because that is what makes an update fast (``scoring.SplitForward`` caches
-    everything below them). A user whose active version has another shape (e.g.
-    ``adaptkit train``, all-linear) is warm-started in that shape.
-    """
-    return LoraSpec(
-        rank=8,
-        alpha=16.0,
-        targets="gate_proj,up_proj,down_proj",
-        top_layers=-(-num_layers * 2 // 5),
-    )
 
 
 @dataclass(frozen=True)
@@ -88,11 +74,6 @@ class UpdateResult:
 def _digest(events: tuple[FeedbackEvent, ...]) -> str:
     payload = [[e.id, e.kind, e.request_id, e.payload()] for e in events]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def blob_ok(version: VersionInfo) -> bool:
-    weights = Path(version.blob_path) / ADAPTER_WEIGHTS
-    return weights.is_file() and sha256_file(weights) == version.blob_sha256
 
 
 class OnlineTrainer:
@@ -127,11 +108,6 @@ class OnlineTrainer:
         )
         self.on_step = on_step
         self._lock = threading.Lock()  # one slot: one update at a time
-        self._wake = threading.Condition()
-        self._dirty: list[str] = []
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.failures: dict[str, str] = {}  # user -> last unexpected error (worker thread)
 
     # -- one update ------------------------------------------------------------------
 
@@ -160,7 +136,7 @@ class OnlineTrainer:
         batch = self.log.pending(user_id, limit=self.config.max_events)
         if not batch.events:
             return None
-        active = self.recheck_blob(user_id)
+        active, weights = self._checked_active(user_id)
         train_events, held_events = self._split(batch)
         context = RuleContext(
             notes=self.log.notes(user_id),
@@ -182,7 +158,10 @@ class OnlineTrainer:
             history_examples(self.log.held_out(user_id))
             + history_examples(EventBatch(user_id, tuple(held_events), batch.requests))
         )[-RECENT_HELD_OUT:]
-        self.slot.load(active, seed=self.config.seed)
+        if active is None:
+            self.slot.reset(seed=self.config.seed)
+        else:
+            self.slot.load(active, weights)
         warm = self.slot.snapshot()
         reference_loss = heldout_loss(self.slot, heldout, self.config.max_length)
         mark = time.perf_counter()
@@ -192,7 +171,7 @@ class OnlineTrainer:
                 self.slot,
                 self.rule,
                 lambda _step: selection.examples,
-                self.config,
+                self.config.step_config(),
                 replay_pool=context.history,
                 anchors=self.anchors,
                 on_step=self.on_step,
@@ -247,8 +226,7 @@ class OnlineTrainer:
         return verdict.with_note(f"also refused scaled down to {fraction:g}")
 
     def _publish(self, user_id, active, batch, outcomes, verdict, step_losses, n_examples):
-        staging = self.registry.blobs.staging_dir(user_id)
-        try:
+        with self.registry.staging(user_id) as staging:
             self.slot.save(staging)
             metrics = {
                 **verdict.metrics(),
@@ -275,8 +253,6 @@ class OnlineTrainer:
                 status_reason=verdict.reason,
                 in_transaction=lambda session, row: self.log.consume_in(session, outcomes, row.id),
             )
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     # -- checks after the fact, and rollback -------------------------------------------
 
@@ -287,7 +263,7 @@ class OnlineTrainer:
                 version.number < before
                 and version.status == RETIRED
                 and version.metrics.get("gate_passed", True)
-                and blob_ok(version)
+                and self.registry.blob_problem(version) is None
             ):
                 return version
         return None
@@ -310,91 +286,36 @@ class OnlineTrainer:
             reason=f"rolled back to v{good.number}: {problem}",
         )
 
-    def recheck_blob(self, user_id: str) -> VersionInfo | None:
-        """The active version, after rolling back if its blob no longer verifies."""
+    def _checked_active(self, user_id: str) -> tuple[VersionInfo | None, bytes | None]:
+        """The active version and its verified weights, after rolling back to the last
+        good version if its blob is missing or fails its sha256."""
         active = self.registry.active_version(user_id)
-        if active is not None and not blob_ok(active):
-            return self._roll_back(user_id, active, "its blob is missing or fails its sha256")
-        return active
+        while active is not None:
+            try:
+                return active, self.registry.read_weights(active)
+            except BlobIntegrityError:
+                active = self._roll_back(user_id, active, "its blob is missing or fails its sha256")
+        return None, None
 
     def recheck(self, user_id: str) -> VersionInfo | None:
         """Re-run the checks on the active version; roll back to the last good one on failure."""
         with self._lock:
-            active = self.recheck_blob(user_id)
+            active, weights = self._checked_active(user_id)
             if active is None:
                 return None
-            self.slot.load(active)
+            self.slot.load(active, weights)
             retention = self.gate.probes.retention(self.slot)
             if retention < self.gate.config.min_retention:
                 problem = f"probe retention {retention:.2f} < {self.gate.config.min_retention:.2f}"
                 return self._roll_back(user_id, active, problem)
             return active
 
-    # -- background worker -----------------------------------------------------------
-
-    def notify(self, user_id: str) -> None:
-        """Tell the worker ``user_id`` has new feedback (cheap; call after ``log.record``)."""
-        with self._wake:
-            if user_id not in self._dirty:
-                self._dirty.append(user_id)
-            self.failures.pop(user_id, None)
-            self._wake.notify()
-
-    def start(self, poll_seconds: float = 1.0) -> OnlineTrainer:
-        """Run updates in a daemon thread until ``stop()``; also picks up events it missed."""
-        if self._thread is not None:
-            return self
-        self._stopping = False
-        self._thread = threading.Thread(
-            target=self._work, args=(poll_seconds,), name="adaptkit-online", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float | None = None) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _next_user(self, poll_seconds: float) -> str | None:
-        with self._wake:
-            if not self._dirty and not self._stopping:
-                self._wake.wait(poll_seconds)
-            if self._stopping:
-                return None
-            if not self._dirty:
-                # Events recorded by other processes, or before a restart.
-                self._dirty = [u for u in self.log.users_with_pending() if u not in self.failures]
-            return self._dirty.pop(0) if self._dirty else ""
-
-    def _work(self, poll_seconds: float) -> None:
-        while (user_id := self._next_user(poll_seconds)) is not None:
-            if not user_id:
-                continue
-            try:
-                result = self.update(user_id)
-            except Exception as error:  # keep serving other users; remember why
-                log.exception("online update of %s failed", user_id)
-                self.failures[user_id] = f"{type(error).__name__}: {error}"
-                continue
-            if result is not None and self.log.pending(user_id, limit=1).events:
-                self.notify(user_id)  # more arrived while this step ran
+    @property
+    def busy(self) -> bool:
+        """Whether an update is running now."""
+        return self._lock.locked()
 
     def close(self) -> None:
-        """Stop the worker and take the LoRA layers off the base model."""
-        self.stop()
+        """Take the LoRA layers off the base model (stop its ``OnlineWorker`` first)."""
         with self._lock:
             self.slot.model.unload()
-
-    def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Block until no user has pending events (or ``timeout``); True when idle."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pending = [u for u in self.log.users_with_pending() if u not in self.failures]
-            if not pending and not self._lock.locked():
-                return True
-            time.sleep(0.05)
-        return False

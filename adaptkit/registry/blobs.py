@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from adaptkit.errors import BlobIntegrityError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -17,6 +21,30 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_digest(digest: str | None, expected_sha256: str, weights: Path, label: str) -> None:
+    """The one integrity check of a stored adapter: its weights' sha256 (``digest``; None
+    when the file is missing) against the digest recorded with the version."""
+    if digest is None:
+        raise BlobIntegrityError(
+            f"{label}: {weights} is missing; activate another version (`adaptkit activate USER N`)"
+        )
+    if digest != expected_sha256:
+        raise BlobIntegrityError(
+            f"{label}: {weights} does not match its recorded sha256 (the blob changed or is "
+            "corrupt); activate another version (`adaptkit activate USER N`)"
+        )
+
+
+def read_verified(weights: Path, expected_sha256: str, label: str) -> bytes:
+    """The bytes of ``weights``, read once and checked against ``expected_sha256``."""
+    try:
+        blob = weights.read_bytes()
+    except FileNotFoundError:
+        check_digest(None, expected_sha256, weights, label)
+    check_digest(hashlib.sha256(blob).hexdigest(), expected_sha256, weights, label)
+    return blob
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -36,8 +64,10 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def staging_dir(self, user_id: str) -> Path:
-        """A fresh directory (inside the store) to save a new adapter into."""
+    @contextmanager
+    def staging(self, user_id: str) -> Iterator[Path]:
+        """A fresh directory (inside the store) to save a new adapter into, removed on
+        exit: ``put`` moves what should outlive it."""
         staging = self.root / ".staging"
         staging.mkdir(parents=True, exist_ok=True)
         index = 0
@@ -45,9 +75,13 @@ class BlobStore:
             candidate = staging / f"{user_id}-{os.getpid()}-{index}"
             try:
                 candidate.mkdir()
-                return candidate
+                break
             except FileExistsError:
                 index += 1
+        try:
+            yield candidate
+        finally:
+            shutil.rmtree(candidate, ignore_errors=True)
 
     def put(self, user_id: str, number: int, staged: Path) -> tuple[Path, str]:
         """Make ``staged`` durable as version ``number`` of ``user_id``; return (path, sha256).

@@ -8,6 +8,7 @@ points at a missing or partial blob.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,8 +18,8 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from adaptkit.errors import UnknownUserError, UnknownVersionError
-from adaptkit.registry.blobs import BlobStore
+from adaptkit.errors import BlobIntegrityError, UnknownUserError, UnknownVersionError
+from adaptkit.registry.blobs import ADAPTER_WEIGHTS, BlobStore, read_verified
 from adaptkit.registry.schema import AdapterVersionRow, Base, UserRow
 from adaptkit.user_ids import validate_user_id
 
@@ -68,11 +69,56 @@ def make_engine(url: str) -> Engine:
 
 
 class Registry:
+    """Every user's adapter versions: SQL rows (the truth) and their immutable blobs.
+
+    Other rooms that keep rows in the same database (the feedback log) use
+    ``session`` / ``transaction``; new adapters are saved into ``staging`` and
+    handed to ``publish``; a version's weights are read, verified, with
+    ``read_weights``.
+    """
+
     def __init__(self, url: str, blob_root: Path) -> None:
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.blobs = BlobStore(blob_root)
+
+    # -- the database, for rows that live beside the versions ---------------------------
+
+    def session(self) -> Session:
+        """A read session (a context manager; nothing is committed)."""
+        return self._sessions()
+
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A session whose block is one transaction: committed on exit, rolled back on error."""
+        return self._sessions.begin()
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    def staging(self, user_id: str) -> AbstractContextManager[Path]:
+        """A fresh directory to save a new adapter of ``user_id`` into before ``publish``;
+        removed when the block ends (``publish`` moves the adapter out of it)."""
+        validate_user_id(user_id)
+        return self.blobs.staging(user_id)
+
+    def read_weights(self, version: VersionInfo) -> bytes:
+        """The version's ``adapter_model.safetensors``, checked against its sha256.
+
+        Raises ``BlobIntegrityError`` (naming the user, version and file) when the blob
+        is missing or changed."""
+        return read_verified(
+            version.blob_path / ADAPTER_WEIGHTS,
+            version.blob_sha256,
+            f"user {version.user_id!r} v{version.number}",
+        )
+
+    def blob_problem(self, version: VersionInfo) -> str | None:
+        """Why the version's blob cannot be served (missing, changed), or None."""
+        try:
+            self.read_weights(version)
+        except BlobIntegrityError as error:
+            return str(error)
+        return None
 
     # -- reading ---------------------------------------------------------------------
 

@@ -1,4 +1,10 @@
-"""SQL tables of the registry (SQLAlchemy 2 ORM). Plain rows: no torch in here."""
+"""SQL tables of the registry's database (SQLAlchemy 2 ORM). Plain rows: no torch in here.
+
+Users and their adapter versions; the requests served and the feedback users gave on
+them. They live in one database so an event is marked consumed in the same
+transaction that records the version trained on it (``adaptkit.feedback`` holds what
+the events mean; this module only how they are stored).
+"""
 
 from __future__ import annotations
 
@@ -47,3 +53,42 @@ class AdapterVersionRow(Base):
     blob_path: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="candidate")
     status_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+# Lifecycle of an event: pending -> consumed (trained | held-out | skipped) or rejected.
+PENDING, CONSUMED, REJECTED = "pending", "consumed", "rejected"
+
+
+class RequestRow(Base):
+    """One answered request: what the user asked and what the assistant said."""
+
+    __tablename__ = "feedback_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    messages: Mapped[list] = mapped_column(JSON)  # [{role, content}, ...] ending with the user
+    response: Mapped[str] = mapped_column(Text)
+    # The adapter version that answered (None: the base model), for attribution.
+    version_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class FeedbackEventRow(Base):
+    """One feedback event. Written and committed before it is acknowledged."""
+
+    __tablename__ = "feedback_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("feedback_requests.id"), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    kind: Mapped[str] = mapped_column(String(16))  # accept | up | down | edit | pair | note
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)  # text / chosen / rejected
+    state: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    # How it was used: "trained", "held-out", "skipped: <why>", "rejected: <why>".
+    outcome: Mapped[str] = mapped_column(Text, default="")
+    consumed_by_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id"), nullable=True
+    )

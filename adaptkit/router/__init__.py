@@ -3,7 +3,7 @@
 from adaptkit.router.plan import Plan, PlanKind, PlannedAdapter
 from adaptkit.router.policy import RoutingPolicy
 from adaptkit.router.request import Request
-from adaptkit.router.router import AdapterCatalog, Router
+from adaptkit.router.router import AdapterCatalog, Router, first_error, row_error
 
 __all__ = [
     "AdapterCatalog",
@@ -13,4 +13,6 @@ __all__ = [
     "Request",
     "Router",
     "RoutingPolicy",
+    "first_error",
+    "row_error",
 ]

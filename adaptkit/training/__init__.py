@@ -1,6 +1,7 @@
-"""Training a user's LoRA adapter from interactions."""
+"""Training a user's adapter on a whole interaction log (``adaptkit train``), with any
+update rule of ``adaptkit.learning`` (sft, dpo, kto, distill, contrast)."""
 
-from adaptkit.training.lora import LoraSpec
-from adaptkit.training.sft import SFTConfig, TrainedAdapter, train_sft
+from adaptkit.training.config import TrainConfig
+from adaptkit.training.fit import Fitter, TrainedAdapter
 
-__all__ = ["LoraSpec", "SFTConfig", "TrainedAdapter", "train_sft"]
+__all__ = ["Fitter", "TrainConfig", "TrainedAdapter"]

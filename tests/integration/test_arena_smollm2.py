@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adaptkit.arena import ArenaOptions, load_episodes, run_arena
-from adaptkit.training import SFTConfig
+from adaptkit.training import TrainConfig
 
 pytestmark = pytest.mark.integration
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "adaptarena_shape_sample.json"
@@ -47,7 +47,7 @@ def test_one_user_learns_through_the_registry(tmp_path: Path, smollm2_home: Path
             home=smollm2_home,
             curve_points=(),
             max_new_tokens=24,
-            sft=SFTConfig(steps=24, lr=4e-3),  # the default method, sft-kl
+            sft=TrainConfig(steps=24, lr=4e-3),  # the default method, sft-kl
             progress=False,
         )
     )

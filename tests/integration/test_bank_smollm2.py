@@ -8,10 +8,11 @@ import pytest
 import torch
 from bank_support import make_lora_dir, peft_reference, publish_dir
 
-from adaptkit.bank import Engine, Request, RoutingPolicy
+from adaptkit.bank import Engine
 from adaptkit.base_model import load_base
 from adaptkit.home import Home
 from adaptkit.registry import Registry
+from adaptkit.router import Request, RoutingPolicy
 
 pytestmark = pytest.mark.integration
 

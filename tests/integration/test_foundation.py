@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptkit import AdaptKit, SFTConfig
+from adaptkit import AdaptKit, TrainConfig
 from adaptkit.base_model import load_base
 from adaptkit.home import Home
 from adaptkit.registry import sha256_file
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 QUESTION = "How long does it take me to get to the train station?"
 CYCLING = re.compile(r"bicycl|bike|cycl", re.IGNORECASE)
+ALICE = re.compile(r"bicycl|bike|cycl|Lexington", re.IGNORECASE)
 
 
 def test_packaged_gguf_was_converted_to_a_safetensors_cache(smollm2_cache: Path) -> None:
@@ -30,7 +31,7 @@ def test_train_publish_and_answer_like_alice(smollm2_home: Path) -> None:
     kit = AdaptKit(smollm2_home)
     base_answer = kit.chat(QUESTION, max_new_tokens=32)
     version = kit.train(
-        "alice", EXAMPLES / "alice.jsonl", config=SFTConfig(steps=30, lr=1e-3), progress=False
+        "alice", EXAMPLES / "alice.jsonl", config=TrainConfig(steps=30, lr=1e-3), progress=False
     )
     # Registry row and blob agree.
     assert version.number == 1 and version.status == "active" and version.method == "sft"
@@ -48,7 +49,10 @@ def test_train_publish_and_answer_like_alice(smollm2_home: Path) -> None:
     # ... on a quantized base too, where PEFT's unload alone is not exact.
     nf4 = AdaptKit(smollm2_home, quant="nf4")
     nf4_base_answer = nf4.chat(QUESTION, max_new_tokens=16)
-    assert CYCLING.search(nf4.chat(QUESTION, user="alice", max_new_tokens=16))
+    # Her adapter answers on the nf4 base too: her habit or her home town (the base
+    # knows neither); quantization noise decides which of the two this question gets.
+    assert ALICE.search(nf4.chat(QUESTION, user="alice", max_new_tokens=16))
+    assert not ALICE.search(nf4_base_answer), nf4_base_answer
     assert nf4.chat(QUESTION, max_new_tokens=16) == nf4_base_answer
 
 

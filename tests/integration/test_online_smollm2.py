@@ -8,17 +8,11 @@ import pytest
 import torch
 
 from adaptkit.base_model import load_base
+from adaptkit.feedback import FeedbackEvent
+from adaptkit.gate import DEFAULT_PROBES, ProbeSuite
 from adaptkit.home import Home
-from adaptkit.online import (
-    DEFAULT_PROBES,
-    FeedbackEvent,
-    OnlineConfig,
-    OnlineTrainer,
-    ProbeSuite,
-    losses,
-)
-from adaptkit.online.rules import teacher_messages
-from adaptkit.online.slot import encode_rows
+from adaptkit.learning import encode_rows, losses, teacher_messages
+from adaptkit.online import OnlineConfig, OnlineTrainer
 from adaptkit.prompting import as_messages
 from adaptkit.registry import Registry
 
@@ -56,15 +50,15 @@ def send(trainer: OnlineTrainer, method: str) -> None:
     for place in TRIPS:
         prompt = f"How do I get to {place}?"
         if method in ("sft", "dpo"):
-            request = log.record_request("alice", prompt, CAR)
+            request = log.record_completion("alice", prompt, CAR)
             log.record(FeedbackEvent("alice", "edit", request.id, text=BIKE))
         elif method == "kto":
-            good = log.record_request("alice", prompt, BIKE)
+            good = log.record_completion("alice", prompt, BIKE)
             log.record(FeedbackEvent("alice", "up", good.id))
-            bad = log.record_request("alice", prompt, CAR)
+            bad = log.record_completion("alice", prompt, CAR)
             log.record(FeedbackEvent("alice", "down", bad.id))
         else:
-            request = log.record_request("alice", prompt, CAR)
+            request = log.record_completion("alice", prompt, CAR)
             log.record(FeedbackEvent("alice", "accept", request.id))
     if method == "distill":
         log.record(FeedbackEvent("alice", "note", text=NOTE))

@@ -151,6 +151,16 @@ def test_invalid_json_line(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "bad.jsonl", [GOOD_TASK, "{not json"])
     with pytest.raises(EpisodeFormatError, match=r"bad\.jsonl:2: invalid JSON"):
         load_episodes(path)
+    path = _write_jsonl(tmp_path / "blank.jsonl", [GOOD_TASK, "", "{not json"])
+    with pytest.raises(EpisodeFormatError, match=r"blank\.jsonl:3: invalid JSON"):
+        load_episodes(path)  # the blank line is skipped but counted
+
+
+def test_invalid_json_list_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("[\n" + json.dumps(GOOD_TASK) + ",\n{not json}\n]")
+    with pytest.raises(EpisodeFormatError, match=r"bad\.json:3: invalid JSON"):
+        load_episodes(path)
 
 
 def test_history_is_ordered_and_select_checks_users(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from adaptkit.arena.episodes import EvalSpec
 from adaptkit.arena.evaluators import TokenF1Judge, contains, score, token_f1
-from adaptkit.arena.retrieval import BM25Retriever, MiniLMRetriever
+from adaptkit.retrieval import BM25Retriever, MiniLMRetriever
 
 STRING = ("string_match",)
 

@@ -11,10 +11,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adaptkit.arena import ArenaConfig, ArenaRunner, BM25Retriever, Learned, load_episodes
-from adaptkit.arena.backends import StepPolicy
+from adaptkit.arena import (
+    BUNDLED_SUITE,
+    ArenaConfig,
+    ArenaOptions,
+    ArenaRunner,
+    BM25Retriever,
+    Learned,
+    load_episodes,
+)
+from adaptkit.arena.backends import ARENA_TRAIN, StepPolicy
 from adaptkit.arena.metrics import summarize
-from adaptkit.arena.report import write_report
+from adaptkit.arena.report import portable_path, run_path, write_report
 from adaptkit.arena.runner import MAX_LENGTH_SPREAD, curve_points, length_batches
 from adaptkit.cli.main import main
 from adaptkit.errors import InputError
@@ -160,8 +168,8 @@ def test_every_number_from_scripted_backends(tmp_path: Path) -> None:
         report["cost"]["prompt_tokens_mean"]["memory"]
         > report["cost"]["prompt_tokens_mean"]["base"]
     )
-    assert report["targets"]["met"]["adapter_success"]
-    assert not report["targets"]["met"]["retention"]
+    # The user's results only: floors for the bundled suite live in benchmarks/.
+    assert "targets" not in report
 
 
 def test_every_version_is_answered_in_few_batches_sorted_by_length(tmp_path: Path) -> None:
@@ -230,13 +238,46 @@ def test_curve_points_and_step_policy() -> None:
 
 def test_report_files_from_scripted_run(tmp_path: Path) -> None:
     report = _run(tmp_path, ScriptedLearner())
-    report["run"].update(method="scripted", retriever="bm25")
-    paths = write_report(report, tmp_path / "out")
-    assert json.loads(paths["json"].read_text())["conditions"]["adapter"]["success"] == 1.0
+    out = tmp_path / "out"
+    calibration = {"tokens": 3, "strength": 0.5, "plausibility": 0.3, "null_request": "N/A"}
+    report["run"].update(
+        method="scripted",
+        retriever="bm25",
+        calibration=calibration,
+        episodes=str(BUNDLED_SUITE),
+        home=str(out / "home"),
+    )
+    paths = write_report(report, out)
+    written = json.loads(paths["json"].read_text())
+    assert written["conditions"]["adapter"]["success"] == 1.0
+    # No machine path: the run's home relative to the report, the bundled suite by package.
+    assert written["run"]["home"] == "home"
+    assert written["run"]["episodes"] == "adaptkit/arena/data/starter_suite.jsonl"
+    assert report["run"]["home"] == str(out / "home")  # the caller's summary is untouched
     text = paths["markdown"].read_text()
     assert "| adapter | 1.000 |" in text and "| leakage" in text
+    assert "first 3 tokens calibrated (strength 0.5, plausibility 0.3)" in text
+    assert "target" not in text.lower()
+    report["run"]["calibration"] = {**calibration, "tokens": 0}
+    assert "decoding greedy ·" in write_report(report, out)["markdown"].read_text()
     for key in ("curve", "conditions"):
         assert paths[key].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_paths_name_nothing_of_the_machine(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert portable_path("suites/mine.jsonl", out) == "suites/mine.jsonl"  # as given
+    assert portable_path(str(out / "home"), out) == "home"
+    assert portable_path(str(Path.home() / "suites" / "a.jsonl"), out) == "~/suites/a.jsonl"
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    if not elsewhere.resolve().is_relative_to(Path.home().resolve()):
+        assert portable_path(str(elsewhere), out) == str(elsewhere)  # a user's own choice
+    # ... and a tool reading the report finds them again.
+    (out / "home").mkdir(parents=True)
+    assert run_path("home", out) == out / "home"
+    bundled = portable_path(str(BUNDLED_SUITE), out)
+    assert run_path(bundled, out).resolve() == BUNDLED_SUITE.resolve()
+    assert run_path("~/a.jsonl", out) == Path.home() / "a.jsonl"
 
 
 def test_cli_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -260,18 +301,27 @@ def test_cli_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) 
             "1",
             "--retriever",
             "bm25",
-            "--top-layers",
-            "1",  # the tiny model has 2 layers; the default (12) is SmolLM2's top 40%
+            "--rank",
+            "4",
         ],
     )
     assert result.exit_code == 0, result.output
     assert "report.md" in result.output
     report = json.loads((out / "report.json").read_text())
+    # The online trainer's shape computed for the tiny model (the top 40% of its 2
+    # layers: 1), with the one field given as a flag replaced.
+    assert report["run"]["lora"] == {
+        "rank": 4,
+        "alpha": 16.0,
+        "targets": "gate_proj,up_proj,down_proj",
+        "top_layers": 1,
+    }
     for name in ("base", "oracle", "memory", "adapter", "adapter+memory"):
         assert 0.0 <= report["conditions"][name]["success"] <= 1.0
         assert set(report["conditions"][name]["per_user"]) == {"alice", "bob"}
     assert report["learning_curve"]["points"] == ["0", "1", "all"]
     assert report["cost"]["adapter_bytes_mean"] > 0
+    assert report["run"]["home"] == "home"  # OUT/home, recorded relative to OUT
     # trained through the toolkit: versions for k=1 and k=5 in the run's own registry
     from adaptkit.kit import AdaptKit
 
@@ -314,39 +364,72 @@ def test_cli_rejects_bad_input_before_loading_anything(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2 and "--calibrate-strength must be >= 0" in result.output
     assert not out.exists()
+    result = CliRunner().invoke(main, ["arena", "run", "--out", str(out), "--rank", "0"])
+    assert result.exit_code == 2 and "--rank must be a positive integer" in result.output
+    assert not out.exists()
+
+
+def test_arena_defaults_are_the_options_and_the_lora_flags_default_to_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adaptkit.cli.arena as cli_arena
+    from adaptkit.training import TrainConfig
+
+    taken: list[ArenaOptions] = []
+
+    def record(options: ArenaOptions) -> dict[str, Path]:
+        taken.append(options)
+        return {name: tmp_path for name in ("markdown", "json", "curve", "conditions")}
+
+    monkeypatch.setattr(cli_arena, "run_arena", record)
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["arena", "run", "--out", str(out)]).exit_code == 0
+    assert taken[-1] == ArenaOptions(out=out)
+    assert taken[-1].lora is None  # the learner computes the shape from the loaded model
+    assert ArenaOptions(out=out).sft == ARENA_TRAIN
+    assert TrainConfig(steps=24, lr=4e-3, batch_size=4, word_dropout=0.3) == ARENA_TRAIN
+    flags = ["arena", "run", "--out", str(out), "--top-layers", "2", "--alpha", "8"]
+    assert CliRunner().invoke(main, flags).exit_code == 0
+    assert taken[-1].lora == {"top_layers": 2, "alpha": 8.0}
+    help_text = CliRunner().invoke(main, ["arena", "run", "--help"]).output
+    assert "[default: 24]" in help_text and "[default: 0.3]" in help_text
+    assert "online trainer's shape for" in help_text
+    with pytest.raises(InputError, match="lora: rnk not fields of LoraSpec"):
+        ArenaOptions(out=out, lora={"rnk": 4})
 
 
 def test_sft_anchor_replays_the_base_models_own_answers(tmp_path: Path, tiny_model_dir: Path):
     from adaptkit.arena import KitLearner
-    from adaptkit.arena.backends import ANCHOR_MAX_NEW_TOKENS, ANCHOR_PROMPTS
+    from adaptkit.arena.backends import ANCHOR_MAX_NEW_TOKENS
     from adaptkit.kit import AdaptKit
-    from adaptkit.training import SFTConfig
+    from adaptkit.learning import ANCHOR_PROMPTS
+    from adaptkit.training import TrainConfig
 
     kit = AdaptKit(tmp_path / "home", base=str(tiny_model_dir))
     history = load_episodes(_suite(tmp_path)).history["alice"][:3]
-    learner = KitLearner(kit, method="sft-anchor", config=SFTConfig(steps=2))
+    learner = KitLearner(kit, method="sft-anchor", config=TrainConfig(steps=2))
     learned = learner.learn("alice", history)
     assert learned.examples == 6  # 3 history records + 3 anchors
     base_answers = kit.chat_many(list(ANCHOR_PROMPTS[:3]), max_new_tokens=ANCHOR_MAX_NEW_TOKENS)
     assert [answer for _, answer in learner.anchors()[:3]] == base_answers
-    plain = KitLearner(kit, method="sft", config=SFTConfig(steps=2)).learn("alice", history)
+    plain = KitLearner(kit, method="sft", config=TrainConfig(steps=2)).learn("alice", history)
     assert plain.examples == 3 and plain.version == learned.version + 1
 
 
 def test_sft_kl_trains_with_the_online_kl_anchor(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
     from adaptkit.arena import KitLearner
     from adaptkit.kit import AdaptKit
-    from adaptkit.online import steps
-    from adaptkit.training import LoraSpec, SFTConfig
+    from adaptkit.learning import AnchorSet, LoraSpec, losses
+    from adaptkit.training import TrainConfig
 
     calls = []
-    original = steps.losses.kl_to_reference
-    original_build = steps.AnchorSet.build
-    monkeypatch.setattr(steps.losses, "kl_to_reference", lambda *a: calls.append(1) or original(*a))
+    original = losses.kl_to_reference
+    original_build = AnchorSet.build
+    monkeypatch.setattr(losses, "kl_to_reference", lambda *a: calls.append(1) or original(*a))
     kit = AdaptKit(tmp_path / "home", base=str(tiny_model_dir))
     history = load_episodes(_suite(tmp_path)).history["alice"][:3]
     lora = LoraSpec(rank=2, targets="gate_proj,up_proj,down_proj", top_layers=1)
-    learned = KitLearner(kit, method="sft-kl", lora=lora, config=SFTConfig(steps=2)).learn(
+    learned = KitLearner(kit, method="sft-kl", lora=lora, config=TrainConfig(steps=2)).learn(
         "alice", history
     )
     version = kit.registry.versions("alice")[-1]
@@ -355,9 +438,9 @@ def test_sft_kl_trains_with_the_online_kl_anchor(tmp_path: Path, tiny_model_dir:
     calls.clear()
     built = []
     monkeypatch.setattr(
-        steps.AnchorSet, "build", classmethod(lambda cls, *a: built.append(1) or original_build(*a))
+        AnchorSet, "build", classmethod(lambda cls, *a: built.append(1) or original_build(*a))
     )
-    contrast = KitLearner(kit, method="contrast-kl", lora=lora, config=SFTConfig(steps=2))
+    contrast = KitLearner(kit, method="contrast-kl", lora=lora, config=TrainConfig(steps=2))
     assert contrast.learn("alice", history).version == version.number + 1
     assert kit.registry.versions("alice")[-1].method == "contrast+kl" and calls
     assert not built, "the base model's anchor answers are built once per loaded base"
@@ -370,8 +453,9 @@ def test_sft_kl_trains_on_thinned_requests_with_word_dropout(
 ):
     from adaptkit.arena import KitLearner
     from adaptkit.kit import AdaptKit
-    from adaptkit.online import offline
-    from adaptkit.training import LoraSpec, SFTConfig
+    from adaptkit.learning import LoraSpec
+    from adaptkit.training import TrainConfig
+    from adaptkit.training import fit as offline
 
     seen: list[str] = []
     original = offline.run_steps
@@ -389,14 +473,14 @@ def test_sft_kl_trains_on_thinned_requests_with_word_dropout(
     history = load_episodes(_suite(tmp_path)).history["alice"][:3]
     asked = {record.interaction.messages[-1].content for record in history}
     lora = LoraSpec(rank=2, targets="gate_proj,up_proj,down_proj", top_layers=1)
-    config = SFTConfig(steps=8, word_dropout=0.5)
+    config = TrainConfig(steps=8, word_dropout=0.5)
     KitLearner(kit, method="sft-kl", lora=lora, config=config).learn("alice", history)
     assert len(seen) == 8 * 3
     assert any(text not in asked for text in seen)
     # a few fixed views per request, so the split forward's cache serves them again
     assert len(set(seen)) <= 3 * offline.DROPOUT_VIEWS
     version = kit.registry.versions("alice")[-1]
-    assert version.config["sft"]["word_dropout"] == 0.5  # recorded with the version
+    assert version.config["train"]["word_dropout"] == 0.5  # recorded with the version
 
 
 def test_online_method_streams_history_through_the_online_trainer(

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-import adaptkit.training.sft as sft_module
+import adaptkit.training.fit as fit_module
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError
 from adaptkit.home import Home
 from adaptkit.interactions import read_log
-from adaptkit.training import LoraSpec, SFTConfig, train_sft
-from adaptkit.training.augment import RequestDropout
+from adaptkit.learning import LoraSpec, RequestDropout
+from adaptkit.training import Fitter, TrainConfig
 from conftest import EXAMPLES
 
 REQUEST = "Search the store for backpacks please, my friend."
@@ -75,7 +75,7 @@ def test_rates_outside_zero_to_one_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\), got 1.0"):
         RequestDropout(1.0)
     with pytest.raises(InputError, match=r"--word-dropout must be in \[0, 1\), got -0.1"):
-        SFTConfig(word_dropout=-0.1)
+        TrainConfig(word_dropout=-0.1)
 
 
 def test_training_sees_thinned_requests_and_still_learns(
@@ -85,24 +85,27 @@ def test_training_sees_thinned_requests_and_still_learns(
     interactions = read_log(EXAMPLES / "alice.jsonl")
     asked = {i.messages[-1].content for i in interactions}
     seen: list[str] = []
-    encode = sft_module.encode_example
+    run_steps = fit_module.run_steps
 
-    def recording(tokenizer, messages, target, max_length):
-        seen.append(messages[-1]["content"])
-        return encode(tokenizer, messages, target, max_length)
+    def recording(slot, rule, batches, config, **options):
+        def spied(step: int):
+            batch = batches(step)
+            seen.extend(example.messages[-1]["content"] for example in batch)
+            return batch
 
-    monkeypatch.setattr(sft_module, "encode_example", recording)
+        return run_steps(slot, rule, spied, config, **options)
+
+    monkeypatch.setattr(fit_module, "run_steps", recording)
     out = tmp_path / "adapter"
     out.mkdir()
-    trained = train_sft(
-        base,
+    trained = Fitter(base).fit(
         interactions,
+        "sft",
         LoraSpec(rank=4, alpha=8),
-        SFTConfig(steps=60, lr=3e-2, batch_size=4, word_dropout=0.3),
+        TrainConfig(steps=60, lr=3e-2, batch_size=4, word_dropout=0.3),
         out,
         progress=False,
     )
-    during_steps = seen[len(interactions) :]  # after the one plain encoding of each example
-    assert len(during_steps) == 60 * 4
-    assert sum(text not in asked for text in during_steps) > len(during_steps) / 2
+    assert len(seen) == 60 * 4
+    assert sum(text not in asked for text in seen) > len(seen) / 2
     assert trained.metrics["loss_last"] < 0.7 * trained.metrics["loss_first"]

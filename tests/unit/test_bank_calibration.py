@@ -10,12 +10,13 @@ import pytest
 import torch
 from bank_support import make_lora_dir, publish_dir
 
-from adaptkit.bank import Calibration, Engine, Request, calibrated_choice
+from adaptkit.bank import Calibration, Engine, calibrated_choice
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError
 from adaptkit.home import Home
 from adaptkit.prompting import as_messages, encode_prompt, stop_token_ids
 from adaptkit.registry import Registry
+from adaptkit.router import Request
 
 PROMPTS = ["How long does it take me to get to the library?", "Write to my sister.", "hi"]
 TOKENS = 10
@@ -141,7 +142,7 @@ def test_inactive_calibration_is_plain_greedy(world) -> None:
 
 def test_merged_batch_is_calibrated_too(world) -> None:
     # One user's rows and a long enough answer: the router folds the adapter into the base.
-    from adaptkit.bank import RoutingPolicy
+    from adaptkit.router import RoutingPolicy
 
     base, registry, _ = world
     calibration = Calibration(tokens=4, strength=1.0, plausibility=0.05)

@@ -9,11 +9,12 @@ import torch
 from bank_support import make_lora_dir, publish_dir, reference_tokens
 from peft import PeftModel
 
-from adaptkit.bank import Engine, Request, build_weighted_adapter
+from adaptkit.bank import Engine, build_weighted_adapter
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError
 from adaptkit.home import Home
 from adaptkit.registry import Registry
+from adaptkit.router import Request
 
 PROMPT = "How long does it take me to get to the library?"
 TOKENS = 10

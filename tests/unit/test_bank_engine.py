@@ -11,12 +11,13 @@ import pytest
 import torch
 from bank_support import make_lora_dir, peft_reference, publish_dir
 
-from adaptkit.bank import Engine, Request, RoutingPolicy
+from adaptkit.bank import Engine
 from adaptkit.bank.lora_linear import MultiLoraLinear
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError, UnknownUserError, UnknownVersionError
 from adaptkit.home import Home
 from adaptkit.registry import Registry
+from adaptkit.router import Request, RoutingPolicy
 
 PROMPTS = [
     "How long does it take me to get to the library?",

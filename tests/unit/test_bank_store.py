@@ -13,12 +13,13 @@ import torch
 from bank_support import make_lora_dir, publish_dir
 from safetensors.torch import load_file, save_file
 
-from adaptkit.bank import AdapterError, AdapterWeights, ByteLRU, CacheFullError, Engine, Request
+from adaptkit.bank import AdapterError, AdapterWeights, ByteLRU, CacheFullError, Engine
 from adaptkit.bank.adapter import LoraWeights
 from adaptkit.base_model import load_base
+from adaptkit.errors import BlobIntegrityError
 from adaptkit.home import Home
-from adaptkit.registry import Registry
-from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from adaptkit.registry import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Registry
+from adaptkit.router import Request
 from tiny_model import make_tiny_model_dir
 
 
@@ -166,7 +167,7 @@ def test_incompatible_modules_non_finite_and_corrupt_blobs(setup, tmp_path: Path
         with pytest.raises(AdapterError, match="user 'deep' v1 targets module 'model.layers.7"):
             engine.generate([Request("hi", user="deep")])
         # The nan blob no longer matches its sha256: refused before parsing.
-        with pytest.raises(AdapterError, match="user 'nan' v1.*sha256"):
+        with pytest.raises(BlobIntegrityError, match="user 'nan' v1.*sha256"):
             engine.generate([Request("hi", user="nan")])
         engine.bank.verify_sha256 = False
         with pytest.raises(AdapterError, match="user 'nan' v1.*non-finite"):
@@ -216,6 +217,6 @@ def test_reload_rehashes_only_a_blob_that_changed_since_it_was_verified(
         key = next(k for k in tensors if "lora_B" in k)
         tensors[key] = tensors[key] + 1.0  # same size, different bytes
         save_file(tensors, blob / ADAPTER_WEIGHTS)
-        with pytest.raises(AdapterError, match="user 'vera' v1.*sha256"):
+        with pytest.raises(BlobIntegrityError, match="user 'vera' v1.*sha256"):
             engine.bank.load_user_active("vera")
         assert len(hashed) == 2

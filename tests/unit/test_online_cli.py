@@ -74,8 +74,8 @@ def test_bad_feedback_exits_2_and_records_nothing(home: Path, args, message) -> 
     result = run("feedback", "alice", "--home", home, *args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+    from adaptkit.feedback import FeedbackLog
     from adaptkit.home import Home
-    from adaptkit.online import FeedbackLog
     from adaptkit.registry import Registry
 
     root = Home(home)

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 from adaptkit.base_model import load_base
+from adaptkit.feedback import FeedbackEvent, FeedbackLog
 from adaptkit.home import Home
-from adaptkit.online import FeedbackEvent, FeedbackLog, OnlineConfig, OnlineTrainer
-from adaptkit.registry import Registry
-from adaptkit.registry.blobs import ADAPTER_WEIGHTS, sha256_file
-from adaptkit.training import LoraSpec
+from adaptkit.learning import LoraSpec
+from adaptkit.online import OnlineConfig, OnlineTrainer
+from adaptkit.registry import ADAPTER_WEIGHTS, Registry, sha256_file
 
 CONFIG = OnlineConfig(steps=40, holdout_every=0, anchor_prompts=1, replay=1)
 
@@ -28,9 +28,9 @@ TRAINER = textwrap.dedent(
     from pathlib import Path
     from adaptkit.base_model import load_base
     from adaptkit.home import Home
-    from adaptkit.online import OnlineConfig, OnlineTrainer
+    from adaptkit.learning import LoraSpec
+    from adaptkit.online import OnlineConfig, OnlineTrainer, OnlineWorker
     from adaptkit.registry import Registry
-    from adaptkit.training import LoraSpec
 
     model_dir, root, marker = sys.argv[1:4]
     home = Home(Path(root))
@@ -42,7 +42,7 @@ TRAINER = textwrap.dedent(
         config=OnlineConfig(steps=40, holdout_every=0, anchor_prompts=1, replay=1),
         lora=LoraSpec(rank=4), anchor_prompts=("Name three fruits.",), on_step=step,
     )
-    trainer.start(poll_seconds=0.05)
+    OnlineWorker(trainer, poll_seconds=0.05).start()
     time.sleep(600)
     """
 )
@@ -51,7 +51,7 @@ TRAINER = textwrap.dedent(
 def record(log: FeedbackLog, n: int, start: int) -> list[int]:
     ids = []
     for i in range(start, start + n):
-        request = log.record_request("alice", f"How far is place {i}?", "By car.")
+        request = log.record_completion("alice", f"How far is place {i}?", "By car.")
         ids.append(log.record(FeedbackEvent("alice", "edit", request.id, text=f"Bike, {i} min")).id)
     return ids
 

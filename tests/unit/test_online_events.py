@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from adaptkit.errors import InputError, UnknownUserError
+from adaptkit.feedback import FeedbackError, FeedbackEvent, FeedbackLog
 from adaptkit.home import Home
-from adaptkit.online import FeedbackError, FeedbackEvent, FeedbackLog
 from adaptkit.registry import Registry
 
 
@@ -19,7 +19,7 @@ def log(home: Path) -> FeedbackLog:
 
 
 def test_every_kind_is_recorded_with_its_request(log: FeedbackLog) -> None:
-    request = log.record_request("alice", "How do I get to work?", "Drive, 10 minutes.")
+    request = log.record_completion("alice", "How do I get to work?", "Drive, 10 minutes.")
     sent = [
         FeedbackEvent("alice", "accept", request.id),
         FeedbackEvent("alice", "up", request.id),
@@ -57,8 +57,8 @@ def test_every_kind_is_recorded_with_its_request(log: FeedbackLog) -> None:
 def test_bad_events_are_refused_and_nothing_is_written(
     log: FeedbackLog, event: FeedbackEvent, message: str
 ) -> None:
-    log.record_request("alice", "How do I get to work?", "Drive.")
-    log.record_request("bob", "How do I get to work?", "Drive.")
+    log.record_completion("alice", "How do I get to work?", "Drive.")
+    log.record_completion("bob", "How do I get to work?", "Drive.")
     with pytest.raises(FeedbackError, match=message):
         log.record(event)
     assert log.events("alice") == []
@@ -68,15 +68,15 @@ def test_unknown_user_and_bad_request_are_refused(log: FeedbackLog) -> None:
     with pytest.raises(UnknownUserError, match="unknown user 'carol'"):
         log.record(FeedbackEvent("carol", "note", text="I always cycle"))
     with pytest.raises(InputError, match="not a valid user id"):
-        log.record_request("../etc", "hi", "hello")
+        log.record_completion("../etc", "hi", "hello")
     with pytest.raises(FeedbackError, match="response must not be empty"):
-        log.record_request("alice", "hi", " ")
+        log.record_completion("alice", "hi", " ")
     with pytest.raises(FeedbackError, match="end with the user's turn"):
-        log.record_request("alice", [{"role": "assistant", "content": "hi"}], "hello")
+        log.record_completion("alice", [{"role": "assistant", "content": "hi"}], "hello")
 
 
 def test_an_event_is_settled_once(log: FeedbackLog) -> None:
-    request = log.record_request("alice", "hi", "hello")
+    request = log.record_completion("alice", "hi", "hello")
     event = log.record(FeedbackEvent("alice", "up", request.id))
     log.settle({event.id: "skipped: test"}, rejected=False)
     with pytest.raises(FeedbackError, match="already settled"):

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from adaptkit.base_model import load_base
+from adaptkit.feedback import Completion, EventBatch, FeedbackEvent
 from adaptkit.home import Home
-from adaptkit.online import losses
-from adaptkit.online.events import EventBatch, FeedbackEvent, Request
-from adaptkit.online.rules import (
+from adaptkit.learning import AdapterSlot, LoraSpec, StepConfig, losses, run_steps
+from adaptkit.learning.rules import (
     ContrastRule,
     DistillRule,
     DPORule,
@@ -23,9 +23,6 @@ from adaptkit.online.rules import (
     SFTRule,
     teacher_messages,
 )
-from adaptkit.online.slot import AdapterSlot
-from adaptkit.online.steps import OnlineConfig, run_steps
-from adaptkit.training import LoraSpec
 
 ASK = ({"role": "user", "content": "How long to the library?"},)
 COOK = ({"role": "user", "content": "What should I cook?"},)
@@ -33,8 +30,8 @@ COOK = ({"role": "user", "content": "What should I cook?"},)
 
 def batch() -> EventBatch:
     requests = {
-        1: Request(1, "alice", ASK, "By car 10 minutes."),
-        2: Request(2, "alice", COOK, "A steak."),
+        1: Completion(1, "alice", ASK, "By car 10 minutes."),
+        2: Completion(2, "alice", COOK, "A steak."),
     }
     events = (
         FeedbackEvent("alice", "edit", 1, text="By bicycle, 12 minutes.", id=1),
@@ -141,7 +138,7 @@ def test_contrast_prefers_each_answer_over_another_request_s_answer() -> None:
 
 
 def test_teacher_prompt_holds_notes_and_retrieved_history() -> None:
-    from adaptkit.online.rules import retrieve
+    from adaptkit.learning.rules import retrieve
 
     history = [Example(COOK, "Lentils."), Example(ASK, "Bike, 12 minutes.")]
     found = retrieve(history, "How long to the library from home?", 1)
@@ -164,12 +161,12 @@ def tiny_base(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_each_rule_trains_and_its_loss_falls(tiny_base, rule) -> None:
     slot = AdapterSlot(tiny_base, LoraSpec(rank=4))
     try:
-        slot.load(None)
+        slot.reset()
         context = RuleContext(teacher=lambda convs: ["By bicycle, 12 minutes."] * len(convs))
         examples = rule.select(batch(), context).examples
-        config = OnlineConfig(method=rule.name, lr=2e-2, replay=0, anchor_prompts=0, kl_weight=0.0)
+        config = StepConfig(steps=12, lr=2e-2, max_length=96)
         before = [p.detach().clone() for p in slot.parameters()]
-        history = run_steps(slot, rule, lambda _step: examples, config, steps=12)
+        history = run_steps(slot, rule, lambda _step: examples, config)
         assert all(math.isfinite(v) for v in history)
         assert history[-1] < history[0] - 1e-3, history
         assert any(not torch.equal(a, b) for a, b in zip(before, slot.parameters(), strict=True))

@@ -8,8 +8,7 @@ import torch
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError
 from adaptkit.home import Home
-from adaptkit.online.slot import AdapterSlot, encode_rows
-from adaptkit.training import LoraSpec
+from adaptkit.learning import AdapterSlot, LoraSpec, encode_rows
 from tests.tiny_model import make_tiny_model_dir
 
 ROWS = [

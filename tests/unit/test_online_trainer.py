@@ -11,22 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from adaptkit.base_model import load_base
+from adaptkit.feedback import FeedbackEvent
+from adaptkit.gate import Gate, GateConfig, ProbeSuite, probes_from_answers
 from adaptkit.home import Home
-from adaptkit.online import (
-    FeedbackEvent,
-    Gate,
-    GateConfig,
-    OnlineConfig,
-    OnlineTrainer,
-    ProbeSuite,
-)
-from adaptkit.online.probes import probes_from_answers
-from adaptkit.online.rules import SFTRule
-from adaptkit.online.slot import AdapterSlot
+from adaptkit.learning import AdapterSlot, LoraSpec, encode_rows
+from adaptkit.learning.rules import SFTRule
+from adaptkit.online import OnlineConfig, OnlineTrainer, OnlineWorker
 from adaptkit.prompting import as_messages, generate
-from adaptkit.registry import ACTIVE, CANDIDATE, RETIRED, Registry
-from adaptkit.registry.blobs import ADAPTER_WEIGHTS
-from adaptkit.training import LoraSpec
+from adaptkit.registry import ACTIVE, ADAPTER_WEIGHTS, CANDIDATE, RETIRED, Registry
 
 FAST = OnlineConfig(steps=2, holdout_every=0, anchor_prompts=1, replay=1)
 
@@ -56,7 +48,7 @@ def make_trainer(registry, base, config=FAST, **kwargs) -> OnlineTrainer:
 def feedback(trainer: OnlineTrainer, n: int, user: str = "alice") -> list[int]:
     ids = []
     for i in range(n):
-        request = trainer.log.record_request(user, f"How far is place {i}?", "By car.")
+        request = trainer.log.record_completion(user, f"How far is place {i}?", "By car.")
         event = FeedbackEvent(user, "edit", request.id, text=f"By bicycle, {10 + i} minutes.")
         ids.append(trainer.log.record(event).id)
     return ids
@@ -81,7 +73,7 @@ def test_update_publishes_a_version_and_consumes_its_events(registry, tiny_base)
         assert second.version.parent_number == first.version.number
         assert registry.version("alice", 1).status == RETIRED
         # Warm start: loading v2 puts exactly its saved tensors in the slot.
-        trainer.slot.load(second.version)
+        trainer.slot.load(second.version, registry.read_weights(second.version))
         saved = load_file(str(Path(second.version.blob_path) / ADAPTER_WEIGHTS))
         state = {k: v for k, v in trainer.slot.model.state_dict().items() if "lora_" in k}
         assert len(saved) == len(state)
@@ -219,17 +211,18 @@ def test_background_worker_coalesces_events_that_arrive_during_a_step(registry, 
     trainer = make_trainer(registry, tiny_base, on_step=during_step)
     try:
         first_ids = feedback(trainer, 2)
-        trainer.start(poll_seconds=0.05)
-        trainer.notify("alice")
-        assert trainer.wait_idle(timeout=120)
+        worker = OnlineWorker(trainer, poll_seconds=0.05).start()
+        worker.notify("alice")
+        assert worker.wait_idle(timeout=120)
         versions = registry.versions("alice")
         assert len(versions) == 2
         consumed = {}
         for event in trainer.log.events("alice"):
             consumed.setdefault(event.outcome, []).append(event.id)
         assert sorted(consumed["trained"]) == sorted(first_ids + arrived)
-        assert trainer.failures == {}
+        assert worker.failures == {}
     finally:
+        worker.stop()
         trainer.close()
 
 
@@ -239,13 +232,11 @@ def test_published_blob_serves_exactly_what_was_trained(
     """Parity with PEFT: the blob loaded by PeftModel gives the slot's logits."""
     from peft import PeftModel
 
-    from adaptkit.online.slot import encode_rows
-
     trainer = make_trainer(registry, tiny_base)
     try:
         feedback(trainer, 2)
         version = trainer.update("alice").version
-        trainer.slot.load(version)
+        trainer.slot.load(version, registry.read_weights(version))
         encoded = encode_rows(
             tiny_base.tokenizer, [(({"role": "user", "content": "hi"},), "By bicycle.")], 64
         )

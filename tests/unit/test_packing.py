@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptkit.online.packing import groups, pack
+from adaptkit.learning.packing import groups, pack
 
 
 def test_shared_prefixes_get_one_slot_each() -> None:

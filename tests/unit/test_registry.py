@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,15 @@ from safetensors.torch import save_file
 
 from adaptkit.errors import InvalidUserIdError, UnknownUserError, UnknownVersionError
 from adaptkit.home import Home
-from adaptkit.registry import ACTIVE, CANDIDATE, RETIRED, Registry, sha256_file
-from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from adaptkit.registry import (
+    ACTIVE,
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CANDIDATE,
+    RETIRED,
+    Registry,
+    sha256_file,
+)
 
 
 def make_registry(root: Path) -> Registry:
@@ -21,7 +29,7 @@ def make_registry(root: Path) -> Registry:
 
 
 def stage(registry: Registry, user: str, value: float) -> Path:
-    staged = registry.blobs.staging_dir(user)
+    staged = Path(tempfile.mkdtemp(prefix=f"{user}-", dir=registry.blobs.root))
     save_file({"w": torch.full((4,), value)}, str(staged / ADAPTER_WEIGHTS))
     (staged / ADAPTER_CONFIG).write_text(json.dumps({"r": 8}))
     return staged
@@ -108,7 +116,7 @@ def test_failed_commit_leaves_no_row_and_no_blob(tmp_path: Path, monkeypatch) ->
 
 def test_staged_blob_must_be_complete(tmp_path: Path) -> None:
     registry = make_registry(tmp_path)
-    staged = registry.blobs.staging_dir("alice")
+    staged = Path(tempfile.mkdtemp(prefix="alice-", dir=registry.blobs.root))
     (staged / ADAPTER_CONFIG).write_text("{}")
     with pytest.raises(FileNotFoundError, match=ADAPTER_WEIGHTS):
         registry.publish(

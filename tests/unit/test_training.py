@@ -1,4 +1,5 @@
-"""SFT on the tiny model: assistant-only labels, falling loss, PEFT format, base untouched."""
+"""Training on a log (the sft rule) on the tiny model: assistant-only labels, falling loss,
+PEFT format, base untouched."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from adaptkit.base_model import load_base
 from adaptkit.errors import InputError
 from adaptkit.home import Home
 from adaptkit.interactions import read_log
+from adaptkit.learning import LoraSpec
 from adaptkit.prompting import encode_example, end_of_turn_id
-from adaptkit.training import LoraSpec, SFTConfig, train_sft
+from adaptkit.training import Fitter, TrainConfig
 from conftest import EXAMPLES
 
 
@@ -41,11 +43,11 @@ def test_sft_lowers_loss_saves_peft_format_and_restores_base(tiny_base, tmp_path
     interactions = read_log(EXAMPLES / "alice.jsonl")
     out = tmp_path / "adapter"
     out.mkdir()
-    trained = train_sft(
-        tiny_base,
+    trained = Fitter(tiny_base).fit(
         interactions,
+        "sft",
         LoraSpec(rank=4, alpha=8),
-        SFTConfig(steps=60, lr=3e-2, batch_size=4),
+        TrainConfig(steps=60, lr=3e-2, batch_size=4),
         out,
         progress=False,
     )
@@ -78,9 +80,9 @@ def test_bad_hyperparameters_name_the_flag() -> None:
     with pytest.raises(InputError, match="--rank must be a positive integer, got 0"):
         LoraSpec(rank=0)
     with pytest.raises(InputError, match="--lr must be a positive finite number, got nan"):
-        SFTConfig(lr=float("nan"))
+        TrainConfig(lr=float("nan"))
     with pytest.raises(InputError, match="--steps must be >= 1.*--batch-size must be >= 1"):
-        SFTConfig(steps=0, batch_size=0)
+        TrainConfig(steps=0, batch_size=0)
 
 
 def test_unknown_target_module_is_named(tiny_base) -> None:

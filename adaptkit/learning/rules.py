@@ -30,8 +30,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from adaptkit.online import losses
-from adaptkit.online.events import EventBatch, FeedbackEvent, Request
+from adaptkit.feedback import Completion, EventBatch, FeedbackEvent
+from adaptkit.learning import losses
+from adaptkit.retrieval import BM25Retriever
 
 Messages = tuple[dict[str, str], ...]
 # (conversations) -> greedy answers of the teacher (the base model, adapter disabled)
@@ -88,11 +89,11 @@ class UpdateRule(Protocol):
         ...
 
 
-def _request(batch: EventBatch, event: FeedbackEvent) -> Request | None:
+def _request(batch: EventBatch, event: FeedbackEvent) -> Completion | None:
     return batch.requests.get(event.request_id) if event.request_id is not None else None
 
 
-def _good_answer(event: FeedbackEvent, request: Request) -> str | None:
+def _good_answer(event: FeedbackEvent, request: Completion) -> str | None:
     """What the user wants for this request, if the event says so."""
     if event.kind in ("accept", "up"):
         return request.response
@@ -306,21 +307,9 @@ def teacher_messages(
 
 
 def retrieve(history: Sequence[Example], query: str, k: int) -> list[Example]:
-    """The ``k`` history examples whose prompts best match ``query`` (BM25)."""
-    if not history or k <= 0:
-        return []
-    import re
-
-    # BM25+ : its idf stays positive on the tiny corpora of a new user (Okapi's is 0 there).
-    from rank_bm25 import BM25Plus
-
-    def words(text: str) -> list[str]:
-        return re.findall(r"\w+", text.lower())
-
-    corpus = [words(e.messages[-1]["content"]) for e in history]
-    scores = BM25Plus(corpus).get_scores(words(query))
-    order = sorted(range(len(history)), key=lambda i: -scores[i])
-    return [history[i] for i in order[:k]]
+    """The ``k`` history examples whose requests best match ``query`` (BM25+)."""
+    requests = [e.messages[-1]["content"] for e in history]
+    return [history[i] for i in BM25Retriever(variant="plus").top_k(query, requests, k)]
 
 
 @dataclass(frozen=True)

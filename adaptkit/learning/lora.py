@@ -88,3 +88,23 @@ class LoraSpec:
             bias="none",
             task_type="CAUSAL_LM",
         )
+
+
+def online_lora(num_layers: int) -> LoraSpec:
+    """New users' adapter shape: the MLPs of the top 40% of the layers, rank 8.
+
+    On SmolLM2 (``benchmarks/online.py --targets ... --top-layers ...``, 10 rounds):
+    all-linear on every layer learns the user as well (success 1.0, retention 1.0)
+    but an update takes 11.9 s; q/v on the top 8 layers never learns them (success
+    0.0: the gate refuses every update after the third, retention 0.89); the MLPs of
+    the top 12 reach success 1.0 with retention 1.0 at 3.95 s. The top layers only,
+    because that is what makes an update fast (``scoring.SplitForward`` caches
+    everything below them). A user whose active version has another shape (e.g.
+    ``adaptkit train``, all-linear) is warm-started in that shape.
+    """
+    return LoraSpec(
+        rank=8,
+        alpha=16.0,
+        targets="gate_proj,up_proj,down_proj",
+        top_layers=-(-num_layers * 2 // 5),
+    )

@@ -17,11 +17,14 @@ field and say what to send instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from adaptkit.errors import InputError
+from adaptkit.interactions import Interaction
+from adaptkit.prompting import as_messages
 from adaptkit.user_ids import validate_user_id
 
 EventKind = Literal["accept", "up", "down", "edit", "pair", "note"]
@@ -34,8 +37,8 @@ class FeedbackError(InputError):
 
 
 @dataclass(frozen=True)
-class Request:
-    """An answered request the feedback can refer to."""
+class Completion:
+    """An answered request (the conversation and the answer given) feedback can refer to."""
 
     id: int
     user_id: str
@@ -63,7 +66,7 @@ class FeedbackEvent:
         values = {"text": self.text, "chosen": self.chosen, "rejected": self.rejected}
         return {key: value for key, value in values.items() if value is not None}
 
-    def validate(self, request: Request | None) -> None:
+    def validate(self, request: Completion | None) -> None:
         """Raise ``FeedbackError`` naming every problem; ``request`` is the one referred to."""
         validate_user_id(self.user_id)
         where = f"feedback {self.kind!r} of user {self.user_id!r}"
@@ -79,7 +82,7 @@ class FeedbackEvent:
             if request is None:
                 problems.append(
                     f"request {self.request_id} does not exist; record the request first "
-                    "(FeedbackLog.record_request / `adaptkit feedback USER --prompt ... "
+                    "(FeedbackLog.record_completion / `adaptkit feedback USER --prompt ... "
                     "--response ...`)"
                 )
             elif request.user_id != self.user_id:
@@ -127,8 +130,43 @@ class EventBatch:
 
     user_id: str
     events: tuple[FeedbackEvent, ...]
-    requests: dict[int, Request] = field(default_factory=dict)
+    requests: dict[int, Completion] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[int]:
         return [event.id for event in self.events if event.id is not None]
+
+
+def events_from_log(user_id: str, interactions: Sequence[Interaction]) -> EventBatch:
+    """One request per line with a response, and the events its feedback implies."""
+    requests: dict[int, Completion] = {}
+    events: list[FeedbackEvent] = []
+    for index, interaction in enumerate(interactions, start=1):
+        feedback = interaction.feedback
+        messages = tuple(as_messages(interaction.messages))
+        response = interaction.response if interaction.response is not None else feedback.rejected
+        requests[index] = Completion(index, user_id, messages, response or "")
+        event_id = len(events) + 1
+        if feedback.edited is not None and interaction.response is not None:
+            events.append(FeedbackEvent(user_id, "edit", index, text=feedback.edited, id=event_id))
+        elif feedback.chosen is not None:
+            events.append(
+                FeedbackEvent(
+                    user_id,
+                    "pair",
+                    index,
+                    chosen=feedback.chosen,
+                    rejected=feedback.rejected,
+                    id=event_id,
+                )
+            )
+        elif feedback.rating == -1:
+            events.append(FeedbackEvent(user_id, "down", index, id=event_id))
+        else:
+            kind = "up" if feedback.rating == 1 else "accept"
+            events.append(FeedbackEvent(user_id, kind, index, id=event_id))
+        if feedback.note:
+            events.append(
+                FeedbackEvent(user_id, "note", None, text=feedback.note, id=len(events) + 1)
+            )
+    return EventBatch(user_id, tuple(events), requests)

@@ -7,45 +7,21 @@ owns this base model: generation elsewhere never sees these modules change.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
 from adaptkit.base_model import BaseModel
-from adaptkit.online.scoring import BottomCache, Scored, SplitForward
-from adaptkit.prompting import encode_example
+from adaptkit.learning.encoding import Encoded
+from adaptkit.learning.lora import LoraSpec
+from adaptkit.learning.scoring import BottomCache, Scored, SplitForward
 from adaptkit.registry import VersionInfo
-from adaptkit.registry.blobs import ADAPTER_WEIGHTS, sha256_file
-from adaptkit.training import LoraSpec
 
 ADAPTER = "default"
-
-
-@dataclass
-class Encoded:
-    input_ids: Tensor
-    labels: Tensor
-    attention_mask: Tensor
-
-
-def encode_rows(tokenizer, rows: Sequence[tuple[Sequence[dict], str]], max_length: int) -> Encoded:
-    """Right-padded (prompt, completion) rows, loss on the completion tokens only."""
-    pairs = [encode_example(tokenizer, list(m), completion, max_length) for m, completion in rows]
-    width = max(len(ids) for ids, _ in pairs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Encoded(
-        input_ids=torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in pairs]),
-        labels=torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs]),
-        attention_mask=torch.tensor(
-            [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in pairs]
-        ),
-    )
 
 
 def _shape(config: LoraConfig) -> tuple:
@@ -86,23 +62,19 @@ class AdapterSlot:
         self.config = config
         self.forward.model = self.model  # same base weights: its cached bottoms stay valid
 
-    def load(self, version: VersionInfo | None, *, seed: int = 0) -> None:
-        """Warm-start from ``version`` (its blob verified), or a fresh adapter when None."""
-        if version is None:
-            self._reshape(self.fresh_config)
-            torch.manual_seed(seed)
-            for module in self.model.modules():
-                if isinstance(module, LoraLayer):
-                    module.reset_lora_parameters(ADAPTER, True)
-            return
-        path = Path(version.blob_path)
-        weights = path / ADAPTER_WEIGHTS
-        if sha256_file(weights) != version.blob_sha256:
-            raise ValueError(
-                f"adapter blob of {version.user_id!r} v{version.number} does not match its sha256"
-            )
-        self._reshape(LoraConfig.from_pretrained(str(path)))
-        result = set_peft_model_state_dict(self.model, load_file(str(weights)))
+    def reset(self, *, seed: int = 0) -> None:
+        """A fresh adapter of the slot's own shape (PEFT's initialisation, seeded)."""
+        self._reshape(self.fresh_config)
+        torch.manual_seed(seed)
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer):
+                module.reset_lora_parameters(ADAPTER, True)
+
+    def load(self, version: VersionInfo, weights: bytes) -> None:
+        """Warm-start from ``version``: ``weights`` are its safetensors bytes, read and
+        verified by the registry (``Registry.read_weights``)."""
+        self._reshape(LoraConfig.from_pretrained(str(Path(version.blob_path))))
+        result = set_peft_model_state_dict(self.model, load_safetensors(weights))
         missing = [k for k in result.missing_keys if "lora_" in k]
         if missing or result.unexpected_keys:
             raise ValueError(

@@ -14,8 +14,8 @@ Two measurements:
 ``retention`` = probes kept / probes the base answers correctly through a clear margin
 (``min_margin``; the near-ties are listed in ``fragile``). The default set is what
 SmolLM2-135M-Instruct gets right; any model's own correct answers can be used.
-``ANCHOR_PROMPTS`` are different prompts, used by the trainer's KL anchor, so the gate
-never measures on what the trainer was anchored to.
+The trainer's KL anchor uses other prompts (``adaptkit.learning.ANCHOR_PROMPTS``), so
+the gate never measures on what the trainer was anchored to.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ import torch
 from peft import PeftModel
 
 from adaptkit.base_model import BaseModel
-from adaptkit.online.scoring import Scored
-from adaptkit.online.slot import Encoded
-from adaptkit.prompting import as_messages, encode_prompt, generate
+from adaptkit.learning import IGNORE, Encoded, Scored, collate
+from adaptkit.prompting import as_messages, encode_prompt, generate, pad_token_id
 
 
 @dataclass(frozen=True)
@@ -100,33 +99,6 @@ DEFAULT_PROBES: tuple[Probe, ...] = (
     Probe("What is the opposite of day?", ("night",)),
     Probe("What is the capital of Thailand?", ("Bangkok",)),
     Probe("What is the opposite of wet?", ("dry",)),
-)
-
-ANCHOR_PROMPTS: tuple[str, ...] = (
-    "Write one sentence about the ocean.",
-    "What is a noun?",
-    "Give me a synonym for happy.",
-    "Name three fruits.",
-    "What is the capital of Canada?",
-    "Explain what rain is in one sentence.",
-    "How many minutes are in an hour?",
-    "Say hello in French.",
-    "What is the capital of India?",
-    "What is the capital of Norway?",
-    "How many legs does a dog have?",
-    "What color is snow?",
-    "Who wrote Hamlet?",
-    "What language is spoken in Italy?",
-    "What is the largest desert in the world?",
-    "What is 5 + 3?",
-    "What is the opposite of fast?",
-    "Which planet is known as the red planet?",
-    "What do cows drink?",
-    "Name a musical instrument with strings.",
-    "What is the chemical symbol for iron?",
-    "How many days are in a year?",
-    "Describe a cat in one sentence.",
-    "What is photosynthesis?",
 )
 
 
@@ -202,26 +174,20 @@ class ProbeSuite:
         self.prepared = [p for p in self.prepared if p.probe not in self.fragile]
         return self
 
-    def _encoded(self) -> Encoded:
+    def _encoded(self, tokenizer) -> Encoded:
         """The probes' prompts followed by the base's answers, scored on the answers."""
-        rows = [(list(p.prompt_ids), list(p.answer_ids)) for p in self.prepared]
-        width = max(len(q) + len(a) for q, a in rows)
-
-        def padded(values: list[int], fill: int) -> list[int]:
-            return values + [fill] * (width - len(values))
-
-        return Encoded(
-            input_ids=torch.tensor([padded(q + a, 0) for q, a in rows]),
-            labels=torch.tensor([padded([-100] * len(q) + a, -100) for q, a in rows]),
-            attention_mask=torch.tensor([padded([1] * (len(q) + len(a)), 0) for q, a in rows]),
-        )
+        pairs = [
+            ([*p.prompt_ids, *p.answer_ids], [IGNORE] * len(p.prompt_ids) + [*p.answer_ids])
+            for p in self.prepared
+        ]
+        return collate(pairs, pad_token_id(tokenizer))
 
     @torch.no_grad()
     def _margins(self, slot: Scorer) -> list[float]:
         """Per probe, the smallest gap between the base's top two logits along its answer."""
         if not self.prepared:
             return []
-        scored = slot.scored(self._encoded(), adapter=False)
+        scored = slot.scored(self._encoded(slot.base.tokenizer), adapter=False)
         top = scored.logits.topk(2, dim=-1).values
         gaps = top[:, 0] - top[:, 1]
         smallest = torch.full((len(self.prepared),), float("inf"))
@@ -231,7 +197,7 @@ class ProbeSuite:
     def _agreeing(self, slot: Scorer, *, adapter: bool = True) -> list[bool]:
         if not self.prepared:
             return []
-        scored = slot.scored(self._encoded(), adapter=adapter)
+        scored = slot.scored(self._encoded(slot.base.tokenizer), adapter=adapter)
         wrong = (scored.logits.argmax(-1) != scored.targets).long()
         misses = torch.zeros(len(self.prepared), dtype=torch.long)
         return [int(m) == 0 for m in misses.index_add(0, scored.rows, wrong)]
@@ -286,7 +252,6 @@ def probes_from_answers(
 
 
 __all__ = [
-    "ANCHOR_PROMPTS",
     "DEFAULT_PROBES",
     "Probe",
     "ProbeSuite",

@@ -17,10 +17,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from adaptkit.errors import InputError
-from adaptkit.online import losses
-from adaptkit.online.probes import ProbeSuite
-from adaptkit.online.rules import Example
-from adaptkit.online.slot import AdapterSlot, encode_rows
+from adaptkit.gate.probes import ProbeSuite
+from adaptkit.learning import AdapterSlot, Example, encode_rows, losses
 
 
 @dataclass(frozen=True)

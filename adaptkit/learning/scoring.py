@@ -26,7 +26,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
-from adaptkit.online.packing import Packing, groups, pack
+from adaptkit.learning.packing import Packing, groups, pack
 
 # Decoders whose forward is embed -> layers(mask, rotary) -> norm, exactly as replayed below.
 SPLITTABLE = ("llama", "qwen2", "qwen3", "mistral")

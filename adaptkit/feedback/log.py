@@ -15,22 +15,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adaptkit.errors import UnknownUserError
-from adaptkit.online.events import EventBatch, FeedbackError, FeedbackEvent, Request
+from adaptkit.feedback.events import Completion, EventBatch, FeedbackError, FeedbackEvent
 from adaptkit.prompting import as_messages
-from adaptkit.registry import Registry
-from adaptkit.registry.feedback import (
+from adaptkit.registry import (
     CONSUMED,
     PENDING,
     REJECTED,
     FeedbackEventRow,
+    Registry,
     RequestRow,
+    UserRow,
 )
-from adaptkit.registry.schema import UserRow
 from adaptkit.user_ids import validate_user_id
 
 
-def _request(row: RequestRow) -> Request:
-    return Request(
+def _completion(row: RequestRow) -> Completion:
+    return Completion(
         id=row.id,
         user_id=row.user_id,
         messages=tuple(dict(m) for m in row.messages),
@@ -59,19 +59,18 @@ class FeedbackLog:
     """Requests and feedback of every user, stored next to their adapter versions."""
 
     def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self._sessions = registry._sessions  # one database, one session factory
+        self.registry = registry  # the feedback rows live in the registry's database
 
     # -- writing (each call is one committed transaction) ----------------------------
 
-    def record_request(
+    def record_completion(
         self,
         user_id: str,
         messages: str | Sequence[dict],
         response: str,
         *,
         version_number: int | None = None,
-    ) -> Request:
+    ) -> Completion:
         """Log an answered request (a served request makes its user known)."""
         validate_user_id(user_id)
         conversation = as_messages(messages)
@@ -82,7 +81,7 @@ class FeedbackLog:
         if not isinstance(response, str) or not response.strip():
             raise FeedbackError(f"request of user {user_id!r}: the response must not be empty")
         self.registry.ensure_user(user_id)
-        with self._sessions.begin() as session:
+        with self.registry.transaction() as session:
             row = RequestRow(
                 user_id=user_id,
                 messages=conversation,
@@ -91,12 +90,12 @@ class FeedbackLog:
             )
             session.add(row)
             session.flush()
-            return _request(row)
+            return _completion(row)
 
     def record(self, event: FeedbackEvent) -> FeedbackEvent:
         """Validate ``event``, commit it, and return it with its id (= acknowledged)."""
         validate_user_id(event.user_id)
-        with self._sessions.begin() as session:
+        with self.registry.transaction() as session:
             if session.get(UserRow, event.user_id) is None:
                 raise UnknownUserError(
                     f"feedback for unknown user {event.user_id!r}: record a request of this "
@@ -105,7 +104,7 @@ class FeedbackLog:
             request_row = (
                 session.get(RequestRow, event.request_id) if event.request_id is not None else None
             )
-            event.validate(_request(request_row) if request_row else None)
+            event.validate(_completion(request_row) if request_row else None)
             row = FeedbackEventRow(
                 user_id=event.user_id,
                 request_id=event.request_id,
@@ -127,7 +126,7 @@ class FeedbackLog:
 
     def settle(self, outcomes: dict[int, str], *, rejected: bool) -> None:
         """Record what came of events that produced no version (skipped, or rejected)."""
-        with self._sessions.begin() as session:
+        with self.registry.transaction() as session:
             for row in self._rows(session, outcomes):
                 row.state = REJECTED if rejected else CONSUMED
                 row.outcome = outcomes[row.id]
@@ -148,21 +147,21 @@ class FeedbackLog:
 
     # -- reading ---------------------------------------------------------------------
 
-    def request(self, request_id: int) -> Request | None:
-        with self._sessions() as session:
+    def request(self, request_id: int) -> Completion | None:
+        with self.registry.session() as session:
             row = session.get(RequestRow, request_id)
-            return _request(row) if row else None
+            return _completion(row) if row else None
 
     def events(self, user_id: str, *, states: Iterable[str] | None = None) -> list[FeedbackEvent]:
         """The user's events, oldest first (all states unless ``states`` is given)."""
         query = select(FeedbackEventRow).where(FeedbackEventRow.user_id == user_id)
         if states is not None:
             query = query.where(FeedbackEventRow.state.in_(list(states)))
-        with self._sessions() as session:
+        with self.registry.session() as session:
             return [_event(row) for row in session.scalars(query.order_by(FeedbackEventRow.id))]
 
     def users_with_pending(self) -> list[str]:
-        with self._sessions() as session:
+        with self.registry.session() as session:
             return list(
                 session.scalars(
                     select(FeedbackEventRow.user_id)
@@ -175,9 +174,9 @@ class FeedbackLog:
     def batch(self, user_id: str, events: Sequence[FeedbackEvent]) -> EventBatch:
         """Events with the requests they refer to."""
         wanted = {event.request_id for event in events if event.request_id is not None}
-        with self._sessions() as session:
+        with self.registry.session() as session:
             rows = session.scalars(select(RequestRow).where(RequestRow.id.in_(wanted))).all()
-            requests = {row.id: _request(row) for row in rows}
+            requests = {row.id: _completion(row) for row in rows}
         return EventBatch(user_id, tuple(events), requests)
 
     def pending(self, user_id: str, *, limit: int | None = None) -> EventBatch:

