@@ -87,13 +87,14 @@ def run_steps(
             loss = loss + config.kl_weight * _kl_term(scored, n + r, anchor_ids, anchors)
         if config.l2_weight > 0:
             loss = loss + config.l2_weight * losses.l2_to(parameters, start)
-        _check_finite(slot, start, not torch.isfinite(loss), f"loss ({loss.item()})", step, rule)
+        if not torch.isfinite(loss):
+            _abandon(slot, start, f"loss ({loss.item()})", step, rule)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        finite = all(bool(torch.isfinite(p).all()) for p in parameters)
-        _check_finite(slot, start, not finite, "adapter weights", step, rule)
+        if not all(bool(torch.isfinite(p).all()) for p in parameters):
+            _abandon(slot, start, "adapter weights", step, rule)
         history.append(loss.item())
         if on_step is not None:
             on_step(step, time.perf_counter() - began)
@@ -147,15 +148,15 @@ def _kl_term(scored: Scored, first_row: int, anchor_ids: list[int], anchors: Anc
     return torch.stack(terms).mean()
 
 
-def _check_finite(
-    slot: AdapterSlot, start: list[Tensor], broken: bool, what: str, step: int, rule: UpdateRule
+def _abandon(
+    slot: AdapterSlot, start: list[Tensor], what: str, step: int, rule: UpdateRule
 ) -> None:
-    if broken:
-        slot.restore(start)
-        raise NonFiniteLossError(
-            f"non-finite {what} at step {step + 1} of the {rule.name} update; "
-            "the adapter was left unchanged; lower --lr"
-        )
+    """Restore the adapter to where the update started and say what went non-finite."""
+    slot.restore(start)
+    raise NonFiniteLossError(
+        f"non-finite {what} at step {step + 1} of the {rule.name} update; "
+        "the adapter was left unchanged; lower --lr"
+    )
 
 
 __all__ = ["NonFiniteLossError", "StepConfig", "run_steps"]
