@@ -65,3 +65,16 @@ def smollm2_home(tmp_path: Path, smollm2_cache: Path) -> Path:
     (root / "models").mkdir(parents=True)
     (root / "models" / "smollm2-135m-instruct").symlink_to(smollm2_cache, target_is_directory=True)
     return root
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """The registry's database, once on SQLite (a file) and once on PostgreSQL (a
+    database made for this test and dropped after it)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    from registry_support import postgres_database
+
+    with postgres_database() as url:
+        yield url

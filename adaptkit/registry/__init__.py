@@ -9,11 +9,14 @@ from adaptkit.registry.blobs import (
     check_digest,
     sha256_file,
 )
+from adaptkit.registry.database import DatabaseUrlError, RegistryBusyError
+from adaptkit.registry.migrate import SchemaVersionError
 from adaptkit.registry.registry import (
     ACTIVE,
     CANDIDATE,
     RETIRED,
     ROLLED_BACK,
+    ErasureReport,
     Registry,
     UserInfo,
     VersionInfo,
@@ -34,8 +37,11 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "CANDIDATE",
     "CONSUMED",
+    "DatabaseUrlError",
+    "ErasureReport",
     "PENDING",
     "REJECTED",
+    "RegistryBusyError",
     "RETIRED",
     "ROLLED_BACK",
     "AdapterVersionRow",
@@ -46,6 +52,7 @@ __all__ = [
     "RequestRow",
     "UserInfo",
     "UserRow",
+    "SchemaVersionError",
     "VersionInfo",
     "check_digest",
     "sha256_file",
