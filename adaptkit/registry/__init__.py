@@ -10,6 +10,8 @@ from adaptkit.registry.blobs import (
     sha256_file,
 )
 from adaptkit.registry.database import DatabaseUrlError, RegistryBusyError
+from adaptkit.registry.fsck import FsckReport, fsck
+from adaptkit.registry.locate import open_registry, registry_revision, upgrade_registry
 from adaptkit.registry.migrate import SchemaVersionError
 from adaptkit.registry.registry import (
     ACTIVE,
@@ -17,6 +19,7 @@ from adaptkit.registry.registry import (
     RETIRED,
     ROLLED_BACK,
     ErasureReport,
+    GcReport,
     Registry,
     UserInfo,
     VersionInfo,
@@ -39,6 +42,8 @@ __all__ = [
     "CONSUMED",
     "DatabaseUrlError",
     "ErasureReport",
+    "FsckReport",
+    "GcReport",
     "PENDING",
     "REJECTED",
     "RegistryBusyError",
@@ -55,5 +60,9 @@ __all__ = [
     "SchemaVersionError",
     "VersionInfo",
     "check_digest",
+    "fsck",
+    "open_registry",
+    "registry_revision",
+    "upgrade_registry",
     "sha256_file",
 ]

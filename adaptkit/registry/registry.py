@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from adaptkit.errors import BlobIntegrityError, UnknownVersionError
+from adaptkit.errors import BlobIntegrityError, InputError, UnknownVersionError
 from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BlobStore, read_verified
 from adaptkit.registry.database import (
     begin_write,
@@ -83,6 +83,12 @@ class ErasureReport:
     requests: int
     blob_dirs: int
     audit_id: int
+
+
+@dataclass(frozen=True)
+class GcReport:
+    keep: int
+    deleted: dict[str, list[int]]  # user -> version numbers deleted
 
 
 class Registry:
@@ -483,12 +489,79 @@ class Registry:
             audit_id=audit_id,
         )
 
+    # -- retention -------------------------------------------------------------------
+
+    def gc(self, keep: int, *, user_id: str | None = None) -> GcReport:
+        """Delete old versions: per user, keep the active version and its ancestors up to
+        ``keep`` versions in all (``keep=1``: the active alone), every pinned version and
+        every candidate still awaiting its gate; remove the blobs no row refers to then."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise InputError(f"--keep must be a whole number >= 1, got {keep!r}")
+        users = [user_id] if user_id is not None else [u.id for u in self.users()]
+        deleted: dict[str, list[int]] = {}
+        for user in users:
+            numbers, paths = self.write(
+                lambda session, user=user: self._gc_user(session, user, keep),
+                what=f"gc {user!r}",
+            )
+            if numbers:
+                deleted[user] = numbers
+            for relative in paths:
+                if not self._blob_referenced(relative):
+                    self.blobs.remove(self.blobs.root / relative)
+        return GcReport(keep=keep, deleted=deleted)
+
+    def _gc_user(self, session: Session, user_id: str, keep: int) -> tuple[list[int], set[str]]:
+        user = self._locked_user(session, user_id)
+        rows = {
+            row.id: row
+            for row in session.scalars(
+                select(AdapterVersionRow).where(AdapterVersionRow.user_id == user_id)
+            )
+        }
+        kept = {row_id for row_id, row in rows.items() if row.pinned or row.status == CANDIDATE}
+        kept |= set(list(_chain(rows, user.active_version_id))[:keep])
+        doomed = [row_id for row_id in rows if row_id not in kept]
+        if not doomed:
+            return [], set()
+        for row in rows.values():
+            if row.id in kept and row.parent_id in doomed:
+                row.parent_id = None  # its lineage before this point was collected
+        session.execute(
+            update(FeedbackEventRow)
+            .where(FeedbackEventRow.consumed_by_version_id.in_(doomed))
+            .values(consumed_by_version_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.flush()
+        session.execute(
+            update(AdapterVersionRow)
+            .where(AdapterVersionRow.id.in_(doomed))
+            .values(parent_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            delete(AdapterVersionRow)
+            .where(AdapterVersionRow.id.in_(doomed))
+            .execution_options(synchronize_session=False)
+        )
+        return sorted(rows[i].number for i in doomed), {rows[i].blob_path for i in doomed}
+
     def audit(self, user_id: str | None = None) -> list[AuditRow]:
         with self._sessions() as session:
             query = select(AuditRow).order_by(AuditRow.id)
             if user_id is not None:
                 query = query.where(AuditRow.user_id == user_id)
             return list(session.scalars(query))
+
+
+def _chain(rows: dict[int, AdapterVersionRow], start: int | None) -> Iterator[int]:
+    """The version ids from ``start`` up its parents (within ``rows``)."""
+    seen: set[int] = set()
+    while start is not None and start in rows and start not in seen:
+        seen.add(start)
+        yield start
+        start = rows[start].parent_id
 
 
 def _delete(session: Session, table: type, user_id: str) -> int:
