@@ -29,7 +29,7 @@ class SchemaVersionError(AdaptkitError):
     exit_code = 2
 
 
-def _config(connection: Connection, blob_root: Path | None) -> Config:
+def alembic_config(connection: Connection, blob_root: Path | None) -> Config:
     config = Config()
     config.set_main_option("script_location", "adaptkit.registry:migrations")
     config.attributes["connection"] = connection
@@ -38,7 +38,7 @@ def _config(connection: Connection, blob_root: Path | None) -> Config:
 
 
 def head() -> str:
-    return ScriptDirectory.from_config(_config(None, None)).get_current_head()
+    return ScriptDirectory.fromalembic_config(alembic_config(None, None)).get_current_head()
 
 
 def _revision(connection: Connection) -> str | None:
@@ -66,7 +66,7 @@ def upgrade(write_engine: Engine, blob_root: Path | None) -> tuple[str | None, s
     with write_engine.begin() as connection:
         _lock(connection)
         before = _revision(connection)
-        config = _config(connection, blob_root)
+        config = alembic_config(connection, blob_root)
         if (
             before == FIRST_RELEASE
             and MigrationContext.configure(connection).get_current_revision() is None
@@ -86,11 +86,11 @@ def open_schema(engine: Engine, write_engine: Engine, *, upgrade_hint: str) -> N
             _lock(connection)
             # Another process may have created it while this one waited for the lock.
             if _revision(connection) is None:
-                command.upgrade(_config(connection, None), "head")
+                command.upgrade(alembic_config(connection, None), "head")
         found = current(engine)
     if found == newest:
         return
-    scripts = ScriptDirectory.from_config(_config(None, None))
+    scripts = ScriptDirectory.fromalembic_config(alembic_config(None, None))
     known = {script.revision for script in scripts.walk_revisions()}
     if found not in known:
         raise SchemaVersionError(

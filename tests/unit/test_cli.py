@@ -41,7 +41,8 @@ def test_train_publish_versions_activate_chat(tiny: list[str], home: Path) -> No
     assert "active v1" in run("users", "--home", str(home)).output
     chat = run("chat", "--user", "alice", "--max-new-tokens", "4", "hello", *tiny)
     assert chat.exit_code == 0, chat.output
-    assert (home / "adapters" / "alice" / "v2" / "adapter_model.safetensors").is_file()
+    blobs = sorted((home / "adapters" / "alice" / "sha256").glob("*/adapter_model.safetensors"))
+    assert len(blobs) == 2  # content-addressed: one blob per distinct version
 
 
 def test_malformed_log_exits_2_and_writes_nothing(
