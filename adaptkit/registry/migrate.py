@@ -38,7 +38,7 @@ def alembic_config(connection: Connection, blob_root: Path | None) -> Config:
 
 
 def head() -> str:
-    return ScriptDirectory.fromalembic_config(alembic_config(None, None)).get_current_head()
+    return ScriptDirectory.from_config(alembic_config(None, None)).get_current_head()
 
 
 def _revision(connection: Connection) -> str | None:
@@ -90,7 +90,7 @@ def open_schema(engine: Engine, write_engine: Engine, *, upgrade_hint: str) -> N
         found = current(engine)
     if found == newest:
         return
-    scripts = ScriptDirectory.fromalembic_config(alembic_config(None, None))
+    scripts = ScriptDirectory.from_config(alembic_config(None, None))
     known = {script.revision for script in scripts.walk_revisions()}
     if found not in known:
         raise SchemaVersionError(
