@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import create_engine, event, literal_column, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
@@ -180,19 +180,23 @@ def begin_write(
     raise _busy(what, attempts, last) from last
 
 
+def insert_ignore(session: Session, table: type, **values: Any) -> bool:
+    """INSERT unless the key exists (no error, no wait for a committed row); True when
+    this call inserted the row."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
+    statement = insert(table).values(**values).on_conflict_do_nothing()
+    return session.execute(statement.returning(literal_column("1"))).first() is not None
+
+
 def lock_user(session: Session, user_id: str, *, create: bool) -> UserRow | None:
     """The user's row, locked for this transaction (created first when ``create``);
     None when it does not exist and ``create`` is False."""
-    dialect = session.get_bind().dialect.name
     if create:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        session.execute(
-            insert(UserRow)
-            .values(id=user_id, created_at=utc_now())
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
+        insert_ignore(session, UserRow, id=user_id, created_at=utc_now())
     query = select(UserRow).where(UserRow.id == user_id)
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     return session.scalars(query.execution_options(populate_existing=True)).first()
 

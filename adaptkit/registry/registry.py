@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from adaptkit.errors import BlobIntegrityError, InputError, UnknownVersionError
 from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BlobStore, read_verified
 from adaptkit.registry.database import (
     begin_write,
+    insert_ignore,
     lock_user,
     make_engine,
     run_write,
@@ -34,8 +35,10 @@ from adaptkit.registry.schema import (
     AdapterVersionRow,
     AuditRow,
     FeedbackEventRow,
+    LeaseRow,
     RequestRow,
     UserRow,
+    utc_now,
 )
 from adaptkit.user_ids import validate_user_id
 
@@ -489,6 +492,54 @@ class Registry:
             audit_id=audit_id,
         )
 
+    # -- leases: one trainer per user at a time, across processes and machines ---------
+
+    def try_lease(self, user_id: str, *, holder: str, seconds: float) -> bool:
+        """Take (or renew) the lease on training ``user_id`` for ``seconds``; False when
+        another live holder has it. A holder that dies loses it when it expires."""
+        validate_user_id(user_id)
+        if not seconds > 0:
+            raise ValueError(f"a lease lasts a positive number of seconds, got {seconds!r}")
+
+        def write(session: Session) -> bool:
+            now = utc_now()
+            expires = now + timedelta(seconds=seconds)
+            query = select(LeaseRow).where(LeaseRow.user_id == user_id)
+            if session.get_bind().dialect.name == "postgresql":
+                # A row another trainer is taking right now is skipped, not waited for.
+                query = query.with_for_update(skip_locked=True)
+            row = session.scalars(query.execution_options(populate_existing=True)).first()
+            if row is None:
+                # False: another trainer inserted it (or is taking it) at this moment.
+                return insert_ignore(
+                    session, LeaseRow, user_id=user_id, holder=holder, expires_at=expires
+                )
+            if row.holder != holder and _aware(row.expires_at) > now:
+                return False
+            row.holder, row.expires_at = holder, expires
+            return True
+
+        return self.write(write, what=f"lease {user_id!r}")
+
+    def release_lease(self, user_id: str, *, holder: str) -> None:
+        """Give the lease back (only ``holder``'s own)."""
+        self.write(
+            lambda session: session.execute(
+                delete(LeaseRow).where(LeaseRow.user_id == user_id, LeaseRow.holder == holder)
+            ),
+            what=f"release the lease on {user_id!r}",
+        )
+
+    @contextmanager
+    def lease(self, user_id: str, *, holder: str, seconds: float) -> Iterator[bool]:
+        """``try_lease`` for a block (yields whether it was taken), released after it."""
+        taken = self.try_lease(user_id, holder=holder, seconds=seconds)
+        try:
+            yield taken
+        finally:
+            if taken:
+                self.release_lease(user_id, holder=holder)
+
     # -- retention -------------------------------------------------------------------
 
     def gc(self, keep: int, *, user_id: str | None = None) -> GcReport:
@@ -562,6 +613,11 @@ def _chain(rows: dict[int, AdapterVersionRow], start: int | None) -> Iterator[in
         seen.add(start)
         yield start
         start = rows[start].parent_id
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _delete(session: Session, table: type, user_id: str) -> int:
