@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, literal_column, select, text
+from sqlalchemy import create_engine, event, func, literal_column, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from adaptkit.errors import AdaptkitError, InputError, UnknownUserError
 from adaptkit.registry.schema import UserRow, utc_now
+from adaptkit.user_ids import case_clash
 
 T = TypeVar("T")
 _IMMEDIATE = "adaptkit_immediate"
@@ -190,10 +191,22 @@ def insert_ignore(session: Session, table: type, **values: Any) -> bool:
     return session.execute(statement.returning(literal_column("1"))).first() is not None
 
 
+def check_new_user_id(session: Session, user_id: str) -> None:
+    """Refuse a new user id that differs from an existing one only by case."""
+    if session.get(UserRow, user_id) is not None:
+        return
+    clash = session.scalar(
+        select(UserRow.id).where(func.lower(UserRow.id) == user_id.lower()).limit(1)
+    )
+    if clash is not None:
+        raise case_clash(user_id, clash)
+
+
 def lock_user(session: Session, user_id: str, *, create: bool) -> UserRow | None:
     """The user's row, locked for this transaction (created first when ``create``);
     None when it does not exist and ``create`` is False."""
     if create:
+        check_new_user_id(session, user_id)
         insert_ignore(session, UserRow, id=user_id, created_at=utc_now())
     query = select(UserRow).where(UserRow.id == user_id)
     if session.get_bind().dialect.name == "postgresql":

@@ -23,6 +23,7 @@ from adaptkit.errors import BlobIntegrityError, InputError, UnknownVersionError
 from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BlobStore, read_verified
 from adaptkit.registry.database import (
     begin_write,
+    check_new_user_id,
     insert_ignore,
     lock_user,
     make_engine,
@@ -325,6 +326,9 @@ class Registry:
         trained on as consumed there, so a crash leaves both or neither.
         """
         validate_user_id(user_id)
+        with self._sessions() as session:
+            # Before any blob is written (checked again under the lock below).
+            check_new_user_id(session, user_id)
         stored = self.blobs.put(user_id, staged)
         relative = self.blobs.relative(stored.path)
 

@@ -86,13 +86,16 @@ def test_update_publishes_a_version_and_consumes_its_events(registry, tiny_base)
 
 def test_a_user_leased_by_another_trainer_is_left_to_it(registry, tiny_base) -> None:
     trainer = make_trainer(registry, tiny_base)
-    feedback(trainer, 2)
-    assert registry.try_lease("alice", holder="elsewhere:1", seconds=60)
-    assert trainer.update("alice") is None  # another process is training alice
-    assert len(trainer.log.pending("alice").events) == 2
-    registry.release_lease("alice", holder="elsewhere:1")
-    result = trainer.update("alice")
-    assert result is not None and result.version is not None
+    try:
+        feedback(trainer, 2)
+        assert registry.try_lease("alice", holder="elsewhere:1", seconds=60)
+        assert trainer.update("alice") is None  # another process is training alice
+        assert len(trainer.log.pending("alice").events) == 2
+        registry.release_lease("alice", holder="elsewhere:1")
+        result = trainer.update("alice")
+        assert result is not None and result.version is not None
+    finally:
+        trainer.close()
     # The trainer gave its own lease back: another trainer can take the user now.
     assert registry.try_lease("alice", holder="elsewhere:1", seconds=60)
 
