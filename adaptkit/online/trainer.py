@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +47,7 @@ from adaptkit.learning import (
 )
 from adaptkit.online.config import OnlineConfig
 from adaptkit.prompting import generate
-from adaptkit.registry import RETIRED, Registry, VersionInfo
+from adaptkit.registry import RETIRED, Registry, VersionInfo, lease_holder
 
 log = logging.getLogger(__name__)
 HELD_OUT = "held-out"
@@ -114,7 +112,7 @@ class OnlineTrainer:
         self.on_step = on_step
         self._lock = threading.Lock()  # one slot: one update at a time
         # Trainers sharing a registry never train one user at once (Registry.try_lease).
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.holder = lease_holder(f"trainer-{id(self):x}")
 
     # -- one update ------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from adaptkit.registry.registry import (
     Registry,
     UserInfo,
     VersionInfo,
+    lease_holder,
 )
 from adaptkit.registry.schema import (
     CONSUMED,
@@ -61,6 +62,7 @@ __all__ = [
     "VersionInfo",
     "check_digest",
     "fsck",
+    "lease_holder",
     "open_registry",
     "registry_revision",
     "upgrade_registry",

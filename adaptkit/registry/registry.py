@@ -9,6 +9,8 @@ publisher can replace or delete another's.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -518,7 +520,7 @@ class Registry:
                 return insert_ignore(
                     session, LeaseRow, user_id=user_id, holder=holder, expires_at=expires
                 )
-            if row.holder != holder and _aware(row.expires_at) > now:
+            if row.holder != holder and _aware(row.expires_at) > now and _alive(row.holder):
                 return False
             row.holder, row.expires_at = holder, expires
             return True
@@ -617,6 +619,27 @@ def _chain(rows: dict[int, AdapterVersionRow], start: int | None) -> Iterator[in
         seen.add(start)
         yield start
         start = rows[start].parent_id
+
+
+def lease_holder(tag: str = "") -> str:
+    """A lease holder name for this process: ``host:pid:tag``. A holder on this host
+    whose process is gone loses its lease at once, not only when it expires."""
+    return f"{socket.gethostname()}:{os.getpid()}:{tag}"
+
+
+def _alive(holder: str) -> bool:
+    """False only when ``holder`` names a process on this host that no longer exists."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's: its lease runs until it expires
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another OS user
+    return True
 
 
 def _aware(moment: datetime) -> datetime:

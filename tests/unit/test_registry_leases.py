@@ -10,8 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from adaptkit.registry import Registry
-from registry_support import publish_bytes
+from adaptkit.registry import Registry, lease_holder
 
 _fork = multiprocessing.get_context("fork")
 ROUNDS = 20
@@ -71,8 +70,23 @@ def test_a_killed_holders_lease_expires(db_url: str, tmp_path: Path) -> None:
     assert registry.try_lease("bob", holder="survivor", seconds=60)
 
 
-def _publish_one(url: str, root: str, payload: bytes) -> None:
-    publish_bytes(Registry(url, Path(root)), "alice", payload)
+def _hold_as_this_process(url: str, root: str, ready) -> None:
+    Registry(url, Path(root)).try_lease("carol", holder=lease_holder("worker"), seconds=600)
+    ready.set()
+    time.sleep(600)
+
+
+def test_a_dead_holder_on_this_host_loses_its_lease_at_once(db_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "adapters"
+    registry = Registry(db_url, root)
+    ready = _fork.Event()
+    holder = _fork.Process(target=_hold_as_this_process, args=(db_url, str(root), ready))
+    holder.start()
+    assert ready.wait(60)
+    assert not registry.try_lease("carol", holder=lease_holder("other"), seconds=60)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    assert registry.try_lease("carol", holder=lease_holder("other"), seconds=60)
 
 
 def test_a_version_published_elsewhere_is_served_from_the_next_request(
