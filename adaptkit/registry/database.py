@@ -89,7 +89,8 @@ def make_engine(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_connect)
             event.listen(engine, "begin", _sqlite_begin)
         else:
-            engine = create_engine(parsed, pool_pre_ping=True)
+            # No pre-ping: it would double the round trips of every lookup.
+            engine = create_engine(parsed)
     except (NoSuchModuleError, ImportError) as error:
         raise DatabaseUrlError(
             f"--db / ADAPTKIT_DB {safe_url(url)!r}: no driver for it ({error}); for "

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adaptkit.errors import BlobIntegrityError, InputError, UnknownVersionError
@@ -89,6 +89,23 @@ class ErasureReport:
     requests: int
     blob_dirs: int
     audit_id: int
+
+
+_versions = AdapterVersionRow.__table__
+_parents = _versions.alias("parent")
+# The serving version of :user_id with its parent's number; one row per known user
+# (all NULL but ``known`` when the user has no active version).
+_ACTIVE_QUERY = (
+    select(
+        UserRow.__table__.c.id.label("known"),
+        *[column for column in _versions.c if column.name != "parent_id"],
+        _parents.c.number.label("parent_number"),
+    )
+    .select_from(UserRow.__table__)
+    .outerjoin(_versions, _versions.c.id == UserRow.__table__.c.active_version_id)
+    .outerjoin(_parents, _parents.c.id == _versions.c.parent_id)
+    .where(UserRow.__table__.c.id == bindparam("user_id"))
+)
 
 
 @dataclass(frozen=True)
@@ -258,11 +275,33 @@ class Registry:
 
     def active_version(self, user_id: str) -> VersionInfo | None:
         """The serving version, None if the user exists but has none; unknown user raises."""
-        with self._sessions() as session:
-            user = self._user(session, user_id)
-            if user.active_version_id is None:
-                return None
-            return self._info(session, session.get(AdapterVersionRow, user.active_version_id))
+        validate_user_id(user_id)
+        # One round trip through Core (no ORM session): every request pays for this.
+        with self.engine.connect() as connection:
+            found = connection.execute(_ACTIVE_QUERY, {"user_id": user_id}).first()
+        if found is None:
+            with self._sessions() as session:
+                raise unknown_user(session, user_id)
+        if found.id is None:
+            return None
+        return VersionInfo(
+            id=found.id,
+            user_id=found.user_id,
+            number=found.number,
+            parent_number=found.parent_number,
+            created_at=found.created_at,
+            method=found.method,
+            base_model=found.base_model,
+            data_digest=found.data_digest,
+            metrics=dict(found.metrics or {}),
+            config=dict(found.config or {}),
+            blob_sha256=found.blob_sha256,
+            blob_path=self.blobs.root / found.blob_path,
+            status=found.status,
+            status_reason=found.status_reason,
+            config_sha256=found.config_sha256,
+            pinned=bool(found.pinned),
+        )
 
     def version(self, user_id: str, number: int) -> VersionInfo:
         with self._sessions() as session:

@@ -121,3 +121,20 @@ def test_cli_erase_gc_pin_fsck(db_url: str, tmp_path: Path) -> None:
     (registry.version("alice", 3).blob_path / ADAPTER_WEIGHTS).write_bytes(b"x")
     result = runner.invoke(main, ["fsck", *base])
     assert result.exit_code == 1 and "alice v3" in result.output
+
+
+def test_adaptkit_takes_db_and_blobs_or_their_environment(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptkit import AdaptKit
+
+    kit = AdaptKit(tmp_path / "home", db=db_url, blobs=str(tmp_path / "shared-blobs"))
+    version = publish_bytes(kit.registry, "alice", b"shared")
+    assert version.blob_path.is_relative_to(tmp_path / "shared-blobs")
+    assert not (tmp_path / "home" / "registry.db").exists() or db_url.startswith("sqlite")
+    # A second process (another replica) given the same places through the environment.
+    monkeypatch.setenv("ADAPTKIT_DB", db_url)
+    monkeypatch.setenv("ADAPTKIT_BLOBS", str(tmp_path / "shared-blobs"))
+    replica = AdaptKit(tmp_path / "other-home")
+    assert replica.registry.active_version("alice").blob_sha256 == version.blob_sha256
+    assert replica.registry.blob_problem(replica.registry.active_version("alice")) is None
