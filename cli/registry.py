@@ -14,7 +14,7 @@ from adaptkit.cli.options import home_option
 from adaptkit.home import Home
 from adaptkit.registry import fsck as check_registry
 from adaptkit.registry import open_registry, registry_revision, upgrade_registry
-from adaptkit.registry.fsck import ORPHAN_GRACE_SECONDS
+from adaptkit.registry.blobs import ORPHAN_GRACE_SECONDS
 
 
 def _home(home: Path | None) -> Home:

@@ -10,6 +10,7 @@ with the version *before* either is parsed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -28,6 +29,9 @@ CONTENT_DIR = "sha256"
 # A staging directory older than this belongs to a writer that died (a publish stages,
 # fsyncs and renames in well under a minute): fsck may remove it.
 STALE_STAGING_SECONDS = 3600.0
+# An unreferenced blob younger than this may belong to a publish that has not committed
+# its row yet: fsck --repair and erasure leave it alone.
+ORPHAN_GRACE_SECONDS = 600.0
 
 
 def sha256_file(path: Path) -> str:
@@ -180,12 +184,13 @@ class BlobStore:
             return
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def blob_dirs(self) -> Iterator[Path]:
-        """Every blob directory in the store (content-addressed ones and the previous
-        release's ``USER/vN``), for fsck."""
+    def blob_dirs(self, user_id: str | None = None) -> Iterator[Path]:
+        """Every blob directory in the store, or of one user (content-addressed ones and
+        the previous release's ``USER/vN``)."""
         if not self.root.is_dir():
             return
-        for user_dir in sorted(self.root.iterdir()):
+        users = [self.root / user_id] if user_id is not None else sorted(self.root.iterdir())
+        for user_dir in users:
             if user_dir.name == STAGING or not user_dir.is_dir():
                 continue
             for child in sorted(user_dir.iterdir()):
@@ -193,6 +198,16 @@ class BlobStore:
                     yield from sorted(p for p in child.iterdir() if p.is_dir())
                 elif child.is_dir():
                     yield child
+
+    def remove_empty(self, user_id: str | None = None) -> None:
+        """Drop user folders left empty (after an erasure or a repair)."""
+        users = [self.root / user_id] if user_id is not None else list(self.root.iterdir())
+        for user_dir in users:
+            if user_dir.name == STAGING or not user_dir.is_dir():
+                continue
+            for child in [*user_dir.iterdir(), user_dir]:
+                with contextlib.suppress(OSError):
+                    child.rmdir()  # only succeeds when empty
 
     def stale_staging(self, older_than: float = STALE_STAGING_SECONDS) -> list[Path]:
         """Staging directories no live writer can still be using (by age)."""

@@ -11,7 +11,6 @@ before it commits the row, and a younger unreferenced blob may be one in flight.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,12 @@ from sqlalchemy import select
 from adaptkit.registry.blobs import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
-    STAGING,
+    ORPHAN_GRACE_SECONDS,
     STALE_STAGING_SECONDS,
     sha256_file,
 )
 from adaptkit.registry.registry import Registry
 from adaptkit.registry.schema import AdapterVersionRow
-
-ORPHAN_GRACE_SECONDS = 600.0
 
 
 @dataclass
@@ -107,15 +104,5 @@ def fsck(
         for path in report.stale_staging:
             registry.blobs.remove(path)
             report.removed.append(path)
-        _remove_empty_dirs(root)
+        registry.blobs.remove_empty()
     return report
-
-
-def _remove_empty_dirs(root: Path) -> None:
-    """Drop user folders emptied by the repair (an erased user leaves none behind)."""
-    for user_dir in root.iterdir():
-        if user_dir.name == STAGING or not user_dir.is_dir():
-            continue
-        for child in [*user_dir.iterdir(), user_dir]:
-            with contextlib.suppress(OSError):
-                child.rmdir()  # only succeeds when empty

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adaptkit.errors import BlobIntegrityError, InputError, UnknownVersionError
-from adaptkit.registry.blobs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BlobStore, read_verified
+from adaptkit.registry.blobs import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    ORPHAN_GRACE_SECONDS,
+    BlobStore,
+    read_verified,
+)
 from adaptkit.registry.database import (
     begin_write,
     check_new_user_id,
@@ -498,8 +505,13 @@ class Registry:
         if not isinstance(actor, str) or not actor.strip():
             raise ValueError("erase needs the actor (who asked for it), e.g. actor='admin:alice'")
 
-        def write(session: Session) -> tuple[dict[str, int], int]:
+        def write(session: Session) -> tuple[dict[str, int], int, set[str]]:
             user = self._locked_user(session, user_id)
+            paths = set(
+                session.scalars(
+                    select(AdapterVersionRow.blob_path).where(AdapterVersionRow.user_id == user_id)
+                )
+            )
             user.active_version_id = None
             session.flush()
             counts = {
@@ -514,15 +526,14 @@ class Registry:
             )
             counts["versions"] = _delete(session, AdapterVersionRow, user_id)
             session.execute(delete(UserRow).where(UserRow.id == user_id))
+            session.execute(delete(LeaseRow).where(LeaseRow.user_id == user_id))
             audit = AuditRow(actor=actor, action="erase", user_id=user_id, counts=counts)
             session.add(audit)
             session.flush()
-            return counts, audit.id
+            return counts, audit.id, paths
 
-        counts, audit_id = self.write(write, what=f"erase {user_id!r}")
-        user_dir = self.blobs.root / user_id
-        blob_dirs = sum(1 for _ in user_dir.rglob("*") if (_ / ADAPTER_WEIGHTS).is_file())
-        self.blobs.remove(user_dir)
+        counts, audit_id, paths = self.write(write, what=f"erase {user_id!r}")
+        blob_dirs = self._remove_user_blobs(user_id, paths)
         with self._sessions() as session:
             audit = session.get(AuditRow, audit_id)
             at = audit.at
@@ -536,6 +547,20 @@ class Registry:
             blob_dirs=blob_dirs,
             audit_id=audit_id,
         )
+
+    def _remove_user_blobs(self, user_id: str, paths: set[str]) -> int:
+        """Remove an erased user's blobs: those its rows named, and unreferenced ones old
+        enough that no publish in flight can own them (as ``fsck --repair``)."""
+        removed = 0
+        cutoff = time.time() - ORPHAN_GRACE_SECONDS
+        for blob in self.blobs.blob_dirs(user_id):
+            relative = self.blobs.relative(blob)
+            ours = relative in paths or blob.stat().st_mtime < cutoff
+            if ours and not self._blob_referenced(relative):
+                self.blobs.remove(blob)
+                removed += 1
+        self.blobs.remove_empty(user_id)
+        return removed
 
     # -- leases: one trainer per user at a time, across processes and machines ---------
 
