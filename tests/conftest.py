@@ -31,6 +31,18 @@ def scratch_default_home(tmp_path_factory: pytest.TempPathFactory):
         os.environ[HOME_ENV_VAR] = previous
 
 
+@pytest.fixture(autouse=True)
+def restored_registry_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--db`` / ``--blobs`` set $ADAPTKIT_DB / $ADAPTKIT_BLOBS for the rest of the
+    command's process: a CLI test must not hand them to the next test."""
+    from adaptkit.home import BLOBS_ENV_VAR, DB_ENV_VAR
+
+    for variable in (DB_ENV_VAR, BLOBS_ENV_VAR):
+        monkeypatch.setenv(variable, os.environ.get(variable, ""))
+        if not os.environ[variable]:
+            monkeypatch.delenv(variable)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))

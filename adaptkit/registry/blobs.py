@@ -98,12 +98,62 @@ class StoredBlob:
     created: bool
 
 
+class RemoteBlobs:
+    """A shared object store (an fsspec URL such as ``s3://bucket/prefix``) holding every
+    blob under the same relative paths as a local store. Credentials and endpoint come
+    from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
+
+    Objects are content-addressed: writing a key again writes the same bytes, so a
+    racing upload can never change a committed blob."""
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        try:
+            self.fs, prefix = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as error:
+            raise InputError(
+                f"--blobs / ADAPTKIT_BLOBS {url!r}: cannot use this object store ({error}); "
+                "for s3:// install s3fs (`pip install 'adaptkit[s3]'`)"
+            ) from error
+        self.url = url
+        self.prefix = prefix.rstrip("/")
+
+    def key(self, relative: str, name: str = "") -> str:
+        return "/".join(part for part in (self.prefix, relative, name) if part)
+
+    def upload(self, local: Path, relative: str) -> None:
+        # Weights first, config last: a blob whose config is there is complete.
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+            self.fs.put_file(str(local / name), self.key(relative, name))
+
+    def download(self, relative: str, target: Path) -> None:
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+            self.fs.get_file(self.key(relative, name), str(target / name))
+
+    def remove(self, relative: str) -> None:
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.key(relative, name))
+
+    def relatives(self) -> set[str]:
+        """Every blob in the store, as relative paths (for fsck)."""
+        found = set()
+        for path in self.fs.find(self.prefix):
+            folder, _, name = path.rpartition("/")
+            if name == ADAPTER_CONFIG:
+                found.add(folder[len(self.prefix) :].lstrip("/"))
+        return found
+
+
 class BlobStore:
     """Write-once blobs under ``root``; staging directories inside it (same filesystem,
-    so the final rename is atomic)."""
+    so the final rename is atomic). With ``remote``, every blob is also in a shared
+    object store and ``root`` is this machine's verified copy of what it used."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: RemoteBlobs | None = None) -> None:
         self.root = root
+        self.remote = remote
 
     @contextmanager
     def staging(self, user_id: str) -> Iterator[Path]:
@@ -167,13 +217,39 @@ class BlobStore:
             label = f"stored blob of user {user_id!r}"
             read_verified(target / ADAPTER_WEIGHTS, weights_sha256, label)
             read_verified(target / ADAPTER_CONFIG, config_sha256, label)
-            return StoredBlob(target, weights_sha256, config_sha256, created=False)
-        _fsync_dir(target.parent)
-        return StoredBlob(target, weights_sha256, config_sha256, created=True)
+            created = False
+        else:
+            _fsync_dir(target.parent)
+            created = True
+        if self.remote is not None:
+            self.remote.upload(target, self.relative(target))
+        return StoredBlob(target, weights_sha256, config_sha256, created=created)
+
+    def ensure_local(self, relative: str, weights_sha256: str, config_sha256: str | None) -> None:
+        """With a remote store: make sure this machine has the blob, downloaded and
+        verified against the row's digests before it is moved into place."""
+        target = self.root / relative
+        if self.remote is None or (target / ADAPTER_CONFIG).is_file():
+            return
+        with self.staging("download") as staged:
+            try:
+                self.remote.download(relative, staged)
+            except FileNotFoundError:
+                return  # reading it reports the missing blob, with the version's name
+            label = f"blob {self.remote.key(relative)}"
+            read_verified(staged / ADAPTER_WEIGHTS, weights_sha256, label)
+            if config_sha256 is not None:
+                read_verified(staged / ADAPTER_CONFIG, config_sha256, label)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_tree(staged)
+            with contextlib.suppress(OSError):  # another process put it there first
+                os.rename(staged, target)
 
     def remove(self, path: Path) -> None:
-        """Remove a blob directory: rename it aside first, so a reader sees it whole or
-        not at all, then delete it."""
+        """Remove a blob directory (and its remote copy): rename it aside first, so a
+        reader sees it whole or not at all, then delete it."""
+        if self.remote is not None and path.parent.name == CONTENT_DIR:
+            self.remote.remove(self.relative(path))
         if not path.exists():
             return
         doomed = self.root / STAGING / f"removing-{os.getpid()}-{time.monotonic_ns()}"

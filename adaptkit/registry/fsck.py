@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from adaptkit.errors import BlobIntegrityError
 from adaptkit.registry.blobs import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -85,6 +86,11 @@ def fsck(
         where = f"{user_id} v{number}"
         if config_sha256 is None:
             report.unrecorded.append(where)
+        try:
+            registry.blobs.ensure_local(blob_path, weights_sha256, config_sha256)
+        except BlobIntegrityError as error:
+            report.mismatched.append(f"{where}: {error}")
+            continue
         for name, expected in ((ADAPTER_WEIGHTS, weights_sha256), (ADAPTER_CONFIG, config_sha256)):
             path = root / blob_path / name
             if not path.is_file():
@@ -95,10 +101,22 @@ def fsck(
     for blob in registry.blobs.blob_dirs():
         if registry.blobs.relative(blob) not in referenced:
             report.orphans.append(blob)
+    remote = registry.blobs.remote
+    remote_orphans = set() if remote is None else remote.relatives() - referenced
+    report.orphans += [
+        root / relative
+        for relative in sorted(remote_orphans)
+        if root / relative not in report.orphans
+    ]
     report.stale_staging = registry.blobs.stale_staging(staging_seconds)
     if repair:
         for path in report.orphans:
-            if now - path.stat().st_mtime >= grace_seconds:
+            if not path.exists():  # only in the object store
+                key = remote.key(registry.blobs.relative(path), ADAPTER_CONFIG)
+                written = remote.fs.modified(key).timestamp()
+            else:
+                written = path.stat().st_mtime
+            if now - written >= grace_seconds:
                 registry.blobs.remove(path)
                 report.removed.append(path)
         for path in report.stale_staging:

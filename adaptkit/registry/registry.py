@@ -28,6 +28,7 @@ from adaptkit.registry.blobs import (
     ADAPTER_WEIGHTS,
     ORPHAN_GRACE_SECONDS,
     BlobStore,
+    RemoteBlobs,
     read_verified,
 )
 from adaptkit.registry.database import (
@@ -131,7 +132,16 @@ class Registry:
     ``read_weights`` / ``read_config``.
     """
 
-    def __init__(self, url: str, blob_root: Path, *, upgrade_hint: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        blob_root: Path,
+        *,
+        upgrade_hint: str | None = None,
+        remote_blobs: str | None = None,
+    ) -> None:
+        """``remote_blobs``: an object store URL (``s3://bucket/prefix``) every machine
+        shares; ``blob_root`` is then this machine's verified copy of the blobs it used."""
         self.engine = make_engine(url)
         self._write_engine = write_engine(self.engine)
         open_schema(
@@ -141,7 +151,8 @@ class Registry:
         )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._writes = sessionmaker(self._write_engine, expire_on_commit=False)
-        self.blobs = BlobStore(Path(blob_root)).ensure()
+        remote = RemoteBlobs(remote_blobs) if remote_blobs else None
+        self.blobs = BlobStore(Path(blob_root), remote).ensure()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -190,6 +201,7 @@ class Registry:
 
     def read_config(self, version: VersionInfo) -> bytes:
         """The version's ``adapter_config.json`` bytes, checked against its sha256."""
+        self.fetch(version)
         if version.config_sha256 is None:
             raise BlobIntegrityError(
                 f"{_label(version)}: its adapter_config.json has no recorded sha256 (its "
@@ -198,6 +210,14 @@ class Registry:
         return read_verified(
             version.blob_path / ADAPTER_CONFIG, version.config_sha256, _label(version)
         )
+
+    def fetch(self, version: VersionInfo) -> VersionInfo:
+        """With a shared object store: bring the version's blob to this machine (checked
+        against its digests before it is moved into place); a no-op otherwise."""
+        self.blobs.ensure_local(
+            self.blobs.relative(version.blob_path), version.blob_sha256, version.config_sha256
+        )
+        return version
 
     def blob_problem(self, version: VersionInfo) -> str | None:
         """Why the version's blob cannot be served (missing, changed), or None."""
@@ -291,30 +311,32 @@ class Registry:
                 raise unknown_user(session, user_id)
         if found.id is None:
             return None
-        return VersionInfo(
-            id=found.id,
-            user_id=found.user_id,
-            number=found.number,
-            parent_number=found.parent_number,
-            created_at=found.created_at,
-            method=found.method,
-            base_model=found.base_model,
-            data_digest=found.data_digest,
-            metrics=dict(found.metrics or {}),
-            config=dict(found.config or {}),
-            blob_sha256=found.blob_sha256,
-            blob_path=self.blobs.root / found.blob_path,
-            status=found.status,
-            status_reason=found.status_reason,
-            config_sha256=found.config_sha256,
-            pinned=bool(found.pinned),
+        return self.fetch(
+            VersionInfo(
+                id=found.id,
+                user_id=found.user_id,
+                number=found.number,
+                parent_number=found.parent_number,
+                created_at=found.created_at,
+                method=found.method,
+                base_model=found.base_model,
+                data_digest=found.data_digest,
+                metrics=dict(found.metrics or {}),
+                config=dict(found.config or {}),
+                blob_sha256=found.blob_sha256,
+                blob_path=self.blobs.root / found.blob_path,
+                status=found.status,
+                status_reason=found.status_reason,
+                config_sha256=found.config_sha256,
+                pinned=bool(found.pinned),
+            )
         )
 
     def version(self, user_id: str, number: int) -> VersionInfo:
         with self._sessions() as session:
             self._user(session, user_id)
             row = self._version_row(session, user_id, number)
-            return self._info(session, row)
+            return self.fetch(self._info(session, row))
 
     def _version_row(self, session: Session, user_id: str, number: int) -> AdapterVersionRow:
         row = session.scalar(

@@ -14,19 +14,10 @@ from click.testing import CliRunner
 from adaptkit.cli.main import main
 from adaptkit.errors import InvalidUserIdError, LogFormatError
 from adaptkit.feedback import FeedbackError, FeedbackLog
-from adaptkit.home import BLOBS_ENV_VAR, DB_ENV_VAR
 from adaptkit.interactions import MAX_LINE_BYTES, read_log
 from adaptkit.registry import DatabaseUrlError, Registry
 from adaptkit.user_ids import validate_user_id
 from registry_support import publish_bytes
-
-
-@pytest.fixture(autouse=True)
-def restored_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    # --db / --blobs set $ADAPTKIT_DB / $ADAPTKIT_BLOBS for the command: undo after each test.
-    for variable in (DB_ENV_VAR, BLOBS_ENV_VAR):
-        monkeypatch.setenv(variable, "")
-        monkeypatch.delenv(variable)
 
 
 @pytest.mark.parametrize(
