@@ -116,7 +116,10 @@ def message_problems(raw: Any) -> list[tuple[str, str]]:
             problems.append((f"{where}.content", problem))
     last = raw[-1]
     if not problems and (not isinstance(last, dict) or last.get("role") != "user"):
-        problems.append(("messages", "the last message must be the user's turn"))
+        role = last.get("role") if isinstance(last, dict) else None
+        problems.append(
+            ("messages", f"must end with the user's turn (the last message's role is {role!r})")
+        )
     return problems
 
 

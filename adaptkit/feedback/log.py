@@ -77,9 +77,9 @@ class FeedbackLog:
         # Checked whole before storing: a stored request without content or with an
         # unknown role would fail every later update of this user.
         conversation = as_messages(messages)
-        problems = [f"{name}: {problem}" for name, problem in message_problems(conversation)]
+        problems = [f"{name} {problem}" for name, problem in message_problems(conversation)]
         if (problem := text_problem(response)) is not None:
-            problems.append(f"response: {problem}")
+            problems.append(f"the response {problem}")
         if problems:
             raise FeedbackError(
                 f"request of user {user_id!r}: {'; '.join(problems)}; nothing was recorded"

@@ -81,11 +81,11 @@ def test_malformed_logs_name_the_line_and_the_problem(
 @pytest.mark.parametrize(
     "messages, problem",
     [
-        ([{"role": "user"}], "messages[0].content: expected a string, got NoneType"),
-        ([{"role": "user", "content": "  "}], "messages[0].content: must not be empty"),
-        ([{"role": "robot", "content": "hi"}], "messages[0].role: 'robot' is not one of"),
+        ([{"role": "user"}], "messages[0].content expected a string, got NoneType"),
+        ([{"role": "user", "content": "  "}], "messages[0].content must not be empty"),
+        ([{"role": "robot", "content": "hi"}], "messages[0].role 'robot' is not one of"),
         ([{"role": "user", "content": "\ud800"}], "lone surrogate"),
-        ([{"role": "assistant", "content": "hi"}], "the last message must be the user's turn"),
+        ([{"role": "assistant", "content": "hi"}], "messages must end with the user's turn"),
         ([], "expected a non-empty list"),
     ],
 )
