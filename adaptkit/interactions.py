@@ -22,13 +22,17 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from adaptkit.errors import InvalidUserIdError, LogFormatError
 from adaptkit.user_ids import validate_user_id
 
 INTENT_USER_PREFIX = re.compile(r"^([A-Za-z0-9_-]+):\s")
 ROLES = ("system", "user", "assistant")
+# A line (or one message) longer than this is refused before it is decoded: a log line
+# of tens of MB would otherwise be held whole in memory, several times over.
+MAX_LINE_BYTES = 1 << 20
+MAX_TEXT_CHARS = 200_000
 
 
 @dataclass(frozen=True)
@@ -77,29 +81,60 @@ class Interaction:
         return None
 
 
-def _string(value: Any, path: Path, line: int, name: str, *, allow_empty: bool = False) -> str:
+def text_problem(value: Any, *, allow_empty: bool = False) -> str | None:
+    """Why ``value`` cannot be a text of a conversation (None when it can)."""
     if not isinstance(value, str):
-        raise LogFormatError(path, line, name, f"expected a string, got {type(value).__name__}")
+        return f"expected a string, got {type(value).__name__}"
     if not allow_empty and not value.strip():
-        raise LogFormatError(path, line, name, "must not be empty")
+        return "must not be empty"
+    if len(value) > MAX_TEXT_CHARS:
+        return f"is {len(value):,} characters long; the limit is {MAX_TEXT_CHARS:,}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # JSON's "\ud800" decodes to a lone surrogate no database or tokenizer takes.
+        return f"holds a lone surrogate ({value[error.start]!r} at {error.start})"
+    return None
+
+
+def message_problems(raw: Any) -> list[tuple[str, str]]:
+    """(field, problem) for everything wrong with a conversation of {role, content}
+    messages ending with the user's turn; the one check the log file and the feedback
+    API share."""
+    if not isinstance(raw, list | tuple) or not raw:
+        return [("messages", "expected a non-empty list of {role, content}")]
+    problems = []
+    for index, item in enumerate(raw):
+        where = f"messages[{index}]"
+        if not isinstance(item, dict):
+            problems.append((where, "expected an object with role and content"))
+            continue
+        role = item.get("role")
+        if role not in ROLES:
+            problems.append((f"{where}.role", f"{role!r} is not one of {ROLES}"))
+        if (problem := text_problem(item.get("content"))) is not None:
+            problems.append((f"{where}.content", problem))
+    last = raw[-1]
+    if not problems and (not isinstance(last, dict) or last.get("role") != "user"):
+        role = last.get("role") if isinstance(last, dict) else None
+        problems.append(
+            ("messages", f"must end with the user's turn (the last message's role is {role!r})")
+        )
+    return problems
+
+
+def _string(value: Any, path: Path, line: int, name: str, *, allow_empty: bool = False) -> str:
+    if (problem := text_problem(value, allow_empty=allow_empty)) is not None:
+        raise LogFormatError(path, line, name, problem)
     return value
 
 
 def _parse_messages(raw: Any, path: Path, line: int) -> tuple[Message, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise LogFormatError(path, line, "messages", "expected a non-empty list of {role, content}")
-    messages = []
-    for index, item in enumerate(raw):
-        where = f"messages[{index}]"
-        if not isinstance(item, dict):
-            raise LogFormatError(path, line, where, "expected an object with role and content")
-        role = item.get("role")
-        if role not in ROLES:
-            raise LogFormatError(path, line, f"{where}.role", f"{role!r} is not one of {ROLES}")
-        messages.append(Message(role, _string(item.get("content"), path, line, f"{where}.content")))
-    if messages[-1].role != "user":
-        raise LogFormatError(path, line, "messages", "the last message must be the user's turn")
-    return tuple(messages)
+    problems = message_problems(raw)
+    if problems:
+        field_name, problem = problems[0]
+        raise LogFormatError(path, line, field_name, problem)
+    return tuple(Message(item["role"], item["content"]) for item in raw)
 
 
 def _parse_feedback(raw: Any, path: Path, line: int) -> Feedback:
@@ -193,6 +228,10 @@ def decode_json(
     except json.JSONDecodeError as error:
         where = error.lineno if line is None else line
         raise invalid(where, f"invalid JSON ({error.msg})") from None
+    except RecursionError:
+        raise invalid(line or 1, "JSON nested too deeply") from None
+    except ValueError as error:  # an integer of thousands of digits
+        raise invalid(line or 1, f"unreadable JSON value ({error})") from None
 
 
 def json_lines(
@@ -205,15 +244,37 @@ def json_lines(
             yield line_number, decode_json(line, invalid, line_number)
 
 
+def _text_lines(handle: BinaryIO, path: Path) -> Iterator[str]:
+    """The file's lines as text, each at most MAX_LINE_BYTES and valid UTF-8."""
+    line_number = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        line_number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise LogFormatError(
+                path, line_number, None, f"the line is longer than {MAX_LINE_BYTES:,} bytes"
+            )
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise LogFormatError(
+                path,
+                line_number,
+                None,
+                f"not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+                "save the log as UTF-8",
+            ) from None
+
+
 def read_log(path: str | Path) -> list[Interaction]:
     """Read and validate a whole log; raises on the first malformed line."""
     path = Path(path)
     if not path.is_file():
         raise LogFormatError(path, 0, None, "no such file")
     interactions = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:
         for line_number, record in json_lines(
-            handle, lambda line, problem: LogFormatError(path, line, None, problem)
+            _text_lines(handle, path),
+            lambda line, problem: LogFormatError(path, line, None, problem),
         ):
             interactions.append(parse_record(record, path, line_number))
     if not interactions:

@@ -26,7 +26,7 @@ from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.home import Home
 from adaptkit.interactions import Interaction, interactions_digest, read_log
 from adaptkit.learning import RULES, LoraSpec
-from adaptkit.registry import Registry, VersionInfo
+from adaptkit.registry import VersionInfo, open_registry
 from adaptkit.router import Request, RoutingPolicy
 from adaptkit.training import Fitter, TrainConfig
 from adaptkit.user_ids import validate_user_id
@@ -44,9 +44,14 @@ class AdaptKit:
         policy: RoutingPolicy | None = None,
         shared_dir: str | os.PathLike[str] = DEFAULT_SHARED_DIR,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        db: str | None = None,
+        blobs: str | None = None,
     ) -> None:
         """``policy``, ``shared_dir`` (the library of shared adapters) and ``cache_bytes``
-        (the bank's RAM tier) configure the engine (``adaptkit.bank.Engine``)."""
+        (the bank's RAM tier) configure the engine (``adaptkit.bank.Engine``). ``db``: the
+        registry's database URL (default ``$ADAPTKIT_DB``, else SQLite in the home);
+        ``blobs``: the adapter blob store (default ``$ADAPTKIT_BLOBS``, else in the home);
+        several processes and machines may share both."""
         self.home = Home.resolve(home).ensure()
         self.base_name = base
         self.quant = quant
@@ -55,7 +60,7 @@ class AdaptKit:
             "shared_dir": shared_dir,
             "cache_bytes": cache_bytes,
         }
-        self.registry = Registry(self.home.registry_url, self.home.adapters_dir)
+        self.registry = open_registry(self.home, db=db, blobs=blobs)
         self._base: BaseModel | None = None
         self._engine: Engine | None = None
         self._fitter: Fitter | None = None

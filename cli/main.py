@@ -21,6 +21,7 @@ from adaptkit.cli.options import (
     options_from,
     quant_option,
 )
+from adaptkit.cli.registry import COMMANDS as REGISTRY_COMMANDS
 from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
@@ -194,6 +195,8 @@ def chat(
 main.add_command(arena)
 main.add_command(export)
 main.add_command(feedback)
+for _command in REGISTRY_COMMANDS:
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ and its errors name the flag.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES
+from adaptkit.home import BLOBS_ENV_VAR, DB_ENV_VAR
 
 Config = TypeVar("Config")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -88,12 +90,47 @@ def method_option(choices: Sequence[str], default: str, help: str) -> Decorator:
 
 
 # Options several commands share, so their flags and help read the same everywhere.
-home_option = click.option(
+def _as_environment(variable: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    # --db / --blobs mean exactly what their environment variables mean, for every part
+    # of the command (AdaptKit, the feedback log, trainers it starts): set it here once.
+    def remember(_ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value:
+            os.environ[variable] = str(value)
+
+    return remember
+
+
+_home = click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="adaptkit home (registry, adapters, model cache) [default: $ADAPTKIT_HOME or ~/.adaptkit]",
 )
+_db = click.option(
+    "--db",
+    envvar=DB_ENV_VAR,
+    default=None,
+    expose_value=False,
+    callback=_as_environment(DB_ENV_VAR),
+    help="registry database URL shared by processes and machines: sqlite:///PATH or "
+    "postgresql+psycopg://USER@HOST:PORT/DB [default: $ADAPTKIT_DB, else HOME/registry.db]",
+)
+_blobs = click.option(
+    "--blobs",
+    envvar=BLOBS_ENV_VAR,
+    default=None,
+    expose_value=False,
+    callback=_as_environment(BLOBS_ENV_VAR),
+    help="adapter blob store directory [default: $ADAPTKIT_BLOBS, else HOME/adapters]",
+)
+
+
+def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--home`` (passed on as ``home``) and where its registry lives: ``--db`` and
+    ``--blobs`` (the same as setting $ADAPTKIT_DB / $ADAPTKIT_BLOBS)."""
+    return _home(_db(_blobs(command)))
+
+
 base_option = click.option(
     "--base",
     default=DEFAULT_BASE,

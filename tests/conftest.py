@@ -31,6 +31,18 @@ def scratch_default_home(tmp_path_factory: pytest.TempPathFactory):
         os.environ[HOME_ENV_VAR] = previous
 
 
+@pytest.fixture(autouse=True)
+def restored_registry_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--db`` / ``--blobs`` set $ADAPTKIT_DB / $ADAPTKIT_BLOBS for the rest of the
+    command's process: a CLI test must not hand them to the next test."""
+    from adaptkit.home import BLOBS_ENV_VAR, DB_ENV_VAR
+
+    for variable in (DB_ENV_VAR, BLOBS_ENV_VAR):
+        monkeypatch.setenv(variable, os.environ.get(variable, ""))
+        if not os.environ[variable]:
+            monkeypatch.delenv(variable)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
@@ -65,3 +77,16 @@ def smollm2_home(tmp_path: Path, smollm2_cache: Path) -> Path:
     (root / "models").mkdir(parents=True)
     (root / "models" / "smollm2-135m-instruct").symlink_to(smollm2_cache, target_is_directory=True)
     return root
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """The registry's database, once on SQLite (a file) and once on PostgreSQL (a
+    database made for this test and dropped after it)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    from registry_support import postgres_database
+
+    with postgres_database() as url:
+        yield url

@@ -87,7 +87,15 @@ def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> An
 
 def _check_config(config: dict[str, Any], label: str) -> None:
     """Refuse PEFT features whose math this bank does not implement (never silently wrong)."""
+    if not isinstance(config, dict):
+        raise AdapterError(f"{label}: {ADAPTER_CONFIG} must hold a JSON object")
     problems = []
+    rank = config.get("r", 8)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        problems.append(f"r must be a positive integer, got {rank!r}")
+    for name in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(name) or {}, dict):
+            problems.append(f"{name} must be an object, got {config[name]!r}")
     if config.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type is {config.get('peft_type')!r}, only LORA is supported")
     for flag in ("use_dora", "lora_bias", "fan_in_fan_out"):
@@ -150,8 +158,12 @@ def read_adapter(
     shapes: Mapping[str, ModuleShape],
     base_aliases: frozenset[str],
     expected_sha256: str | None = None,
+    expected_config_sha256: str | None = None,
 ) -> AdapterWeights:
     """Read and validate the PEFT-format adapter in ``path`` against the served base.
+
+    ``expected_sha256`` / ``expected_config_sha256``: the digests the registry recorded
+    for the weights and the config; the config is checked before it is parsed.
 
     ``shapes`` maps the base model's adaptable module names to their shapes;
     ``base_aliases`` are the names under which the served base is known (catalogue
@@ -163,7 +175,7 @@ def read_adapter(
             f"{label}: {path} is not a PEFT adapter directory (needs {ADAPTER_CONFIG} and "
             f"{ADAPTER_WEIGHTS})"
         )
-    config = _read_config(config_file, label, base_aliases)
+    config = _read_config(config_file, label, base_aliases, expected_config_sha256)
     tensors, finite, sha256 = _read_weights(weights_file, label, expected_sha256)
     modules = _build_modules(tensors, finite, config, shapes, label)
     if not modules:
@@ -171,11 +183,17 @@ def read_adapter(
     return AdapterWeights(label, modules, config.get("base_model_name_or_path"), path, sha256)
 
 
-def _read_config(config_file: Path, label: str, base_aliases: frozenset[str]) -> dict[str, Any]:
-    """``adapter_config.json``, checked: plain LoRA, built for the served base."""
+def _read_config(
+    config_file: Path, label: str, base_aliases: frozenset[str], expected_sha256: str | None
+) -> dict[str, Any]:
+    """``adapter_config.json``, checked: its recorded digest (before parsing), plain
+    LoRA, built for the served base."""
     try:
-        config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        raw = config_file.read_bytes()
+        if expected_sha256 is not None:
+            check_digest(hashlib.sha256(raw).hexdigest(), expected_sha256, config_file, label)
+        config = json.loads(raw)
+    except (OSError, ValueError) as error:
         raise AdapterError(f"{label}: cannot read {config_file}: {error}") from error
     _check_config(config, label)
     base = config.get("base_model_name_or_path")

@@ -221,6 +221,8 @@ class AdapterBank:
             shapes=self.shapes,
             base_aliases=self.base_aliases,
             expected_sha256=expected,
+            # The config is small: checked on every cold load, whatever the weights' cache.
+            expected_config_sha256=version.config_sha256 if self.verify_sha256 else None,
         )
         if expected is not None:
             self._verified[weights] = (identity, expected)

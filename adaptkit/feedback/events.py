@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from adaptkit.errors import InputError
-from adaptkit.interactions import Interaction
+from adaptkit.interactions import Interaction, text_problem
 from adaptkit.prompting import as_messages
 from adaptkit.user_ids import validate_user_id
 
@@ -105,6 +105,8 @@ class FeedbackEvent:
                 problems.append(f"'{name}' must be a non-empty string, got {value!r}")
             elif len(value) > MAX_TEXT_CHARS:
                 problems.append(f"'{name}' is {len(value)} characters; at most {MAX_TEXT_CHARS}")
+            elif (problem := text_problem(value)) is not None:
+                problems.append(f"'{name}' {problem}")
         if (
             self.kind == "pair"
             and isinstance(self.chosen, str)

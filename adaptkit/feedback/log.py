@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from adaptkit.errors import UnknownUserError
 from adaptkit.feedback.events import Completion, EventBatch, FeedbackError, FeedbackEvent
+from adaptkit.interactions import message_problems, text_problem
 from adaptkit.prompting import as_messages
 from adaptkit.registry import (
     CONSUMED,
@@ -73,13 +74,16 @@ class FeedbackLog:
     ) -> Completion:
         """Log an answered request (a served request makes its user known)."""
         validate_user_id(user_id)
+        # Checked whole before storing: a stored request without content or with an
+        # unknown role would fail every later update of this user.
         conversation = as_messages(messages)
-        if not conversation or conversation[-1].get("role") != "user":
+        problems = [f"{name} {problem}" for name, problem in message_problems(conversation)]
+        if (problem := text_problem(response)) is not None:
+            problems.append(f"the response {problem}")
+        if problems:
             raise FeedbackError(
-                f"request of user {user_id!r}: the messages must end with the user's turn"
+                f"request of user {user_id!r}: {'; '.join(problems)}; nothing was recorded"
             )
-        if not isinstance(response, str) or not response.strip():
-            raise FeedbackError(f"request of user {user_id!r}: the response must not be empty")
         self.registry.ensure_user(user_id)
         with self.registry.transaction() as session:
             row = RequestRow(

@@ -47,12 +47,15 @@ from adaptkit.learning import (
 )
 from adaptkit.online.config import OnlineConfig
 from adaptkit.prompting import generate
-from adaptkit.registry import RETIRED, Registry, VersionInfo
+from adaptkit.registry import RETIRED, Registry, VersionInfo, lease_holder
 
 log = logging.getLogger(__name__)
 HELD_OUT = "held-out"
 RECENT_HELD_OUT = 16  # held-back answers the gate compares on
 HOLDABLE = ("accept", "up", "edit", "pair")  # events that say what the right answer is
+# A lease outlives any one update (seconds to minutes); a trainer that dies frees the
+# user when it expires.
+LEASE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class OnlineTrainer:
         )
         self.on_step = on_step
         self._lock = threading.Lock()  # one slot: one update at a time
+        # Trainers sharing a registry never train one user at once (Registry.try_lease).
+        self.holder = lease_holder(f"trainer-{id(self):x}")
 
     # -- one update ------------------------------------------------------------------
 
@@ -127,9 +132,13 @@ class OnlineTrainer:
         return train, held
 
     def update(self, user_id: str) -> UpdateResult | None:
-        """One update from ``user_id``'s pending events; None when there are none."""
-        with self._lock:
-            return self._update(user_id)
+        """One update from ``user_id``'s pending events; None when there are none, or
+        when another trainer (any process, any machine) holds the user's lease."""
+        with (
+            self._lock,
+            self.registry.lease(user_id, holder=self.holder, seconds=LEASE_SECONDS) as mine,
+        ):
+            return self._update(user_id) if mine else None
 
     def _update(self, user_id: str) -> UpdateResult | None:
         began = time.perf_counter()

@@ -9,14 +9,21 @@ from adaptkit.registry.blobs import (
     check_digest,
     sha256_file,
 )
+from adaptkit.registry.database import DatabaseUrlError, RegistryBusyError
+from adaptkit.registry.fsck import FsckReport, fsck
+from adaptkit.registry.locate import open_registry, registry_revision, upgrade_registry
+from adaptkit.registry.migrate import SchemaVersionError
 from adaptkit.registry.registry import (
     ACTIVE,
     CANDIDATE,
     RETIRED,
     ROLLED_BACK,
+    ErasureReport,
+    GcReport,
     Registry,
     UserInfo,
     VersionInfo,
+    lease_holder,
 )
 from adaptkit.registry.schema import (
     CONSUMED,
@@ -34,8 +41,13 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "CANDIDATE",
     "CONSUMED",
+    "DatabaseUrlError",
+    "ErasureReport",
+    "FsckReport",
+    "GcReport",
     "PENDING",
     "REJECTED",
+    "RegistryBusyError",
     "RETIRED",
     "ROLLED_BACK",
     "AdapterVersionRow",
@@ -46,7 +58,13 @@ __all__ = [
     "RequestRow",
     "UserInfo",
     "UserRow",
+    "SchemaVersionError",
     "VersionInfo",
     "check_digest",
+    "fsck",
+    "lease_holder",
+    "open_registry",
+    "registry_revision",
+    "upgrade_registry",
     "sha256_file",
 ]

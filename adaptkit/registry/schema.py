@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -49,10 +59,38 @@ class AdapterVersionRow(Base):
     data_digest: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     config: Mapped[dict] = mapped_column(JSON, default=dict)
-    blob_sha256: Mapped[str] = mapped_column(String(64))
-    blob_path: Mapped[str] = mapped_column(Text)
+    blob_sha256: Mapped[str] = mapped_column(String(64))  # of adapter_model.safetensors
+    blob_path: Mapped[str] = mapped_column(Text)  # relative to the blob store's root
     status: Mapped[str] = mapped_column(String(16), default="candidate")
     status_reason: Mapped[str] = mapped_column(Text, default="")
+    # Of adapter_config.json: the config is part of what a version is (lora_alpha and
+    # use_rslora change the model). NULL only on rows whose blob was missing at upgrade.
+    config_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Kept by `adaptkit gc` whatever its age.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class AuditRow(Base):
+    """One audited operation (an erasure): who, when, what and how many; no content."""
+
+    __tablename__ = "registry_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class LeaseRow(Base):
+    """Which worker trains a user until when (expired leases are free to take)."""
+
+    __tablename__ = "user_leases"
+
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # Lifecycle of an event: pending -> consumed (trained | held-out | skipped) or rejected.

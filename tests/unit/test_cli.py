@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from adaptkit.cli.main import main
+from adaptkit.registry import Registry
 from conftest import EXAMPLES
 
 FAST = ["--steps", "4", "--rank", "2", "--lr", "1e-2"]
@@ -41,7 +42,12 @@ def test_train_publish_versions_activate_chat(tiny: list[str], home: Path) -> No
     assert "active v1" in run("users", "--home", str(home)).output
     chat = run("chat", "--user", "alice", "--max-new-tokens", "4", "hello", *tiny)
     assert chat.exit_code == 0, chat.output
-    assert (home / "adapters" / "alice" / "v2" / "adapter_model.safetensors").is_file()
+    registry = Registry(f"sqlite:///{home / 'registry.db'}", home / "adapters")
+    versions = registry.versions("alice")
+    assert [registry.blob_problem(v) for v in versions] == [None, None]
+    # Content-addressed: two trainings that came out byte-identical share one blob.
+    blobs = list((home / "adapters" / "alice" / "sha256").glob("*/adapter_model.safetensors"))
+    assert len(blobs) == len({v.blob_path for v in versions})
 
 
 def test_malformed_log_exits_2_and_writes_nothing(

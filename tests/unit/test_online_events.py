@@ -13,9 +13,9 @@ from adaptkit.registry import Registry
 
 
 @pytest.fixture
-def log(home: Path) -> FeedbackLog:
+def log(home: Path, db_url: str) -> FeedbackLog:
     root = Home(home).ensure()
-    return FeedbackLog(Registry(root.registry_url, root.adapters_dir))
+    return FeedbackLog(Registry(db_url, root.adapters_dir))
 
 
 def test_every_kind_is_recorded_with_its_request(log: FeedbackLog) -> None:
@@ -31,7 +31,8 @@ def test_every_kind_is_recorded_with_its_request(log: FeedbackLog) -> None:
     acknowledged = [log.record(event) for event in sent]
     assert [e.id for e in acknowledged] == sorted(e.id for e in acknowledged)
     # A fresh log over the same database sees exactly what was acknowledged.
-    again = FeedbackLog(Registry(log.registry.engine.url.render_as_string(), Path("unused")))
+    url = log.registry.engine.url.render_as_string(hide_password=False)
+    again = FeedbackLog(Registry(url, log.registry.blobs.root))
     stored = again.pending("alice")
     assert [(e.kind, e.request_id, e.text, e.chosen) for e in stored.events] == [
         (e.kind, e.request_id, e.text, e.chosen) for e in sent

@@ -29,9 +29,9 @@ def tiny_base(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def registry(home: Path) -> Registry:
+def registry(home: Path, db_url: str) -> Registry:
     root = Home(home).ensure()
-    return Registry(root.registry_url, root.adapters_dir)
+    return Registry(db_url, root.adapters_dir)
 
 
 def make_trainer(registry, base, config=FAST, **kwargs) -> OnlineTrainer:
@@ -82,6 +82,22 @@ def test_update_publishes_a_version_and_consumes_its_events(registry, tiny_base)
             assert torch.equal(state[live], tensor)
     finally:
         trainer.close()
+
+
+def test_a_user_leased_by_another_trainer_is_left_to_it(registry, tiny_base) -> None:
+    trainer = make_trainer(registry, tiny_base)
+    try:
+        feedback(trainer, 2)
+        assert registry.try_lease("alice", holder="elsewhere:1", seconds=60)
+        assert trainer.update("alice") is None  # another process is training alice
+        assert len(trainer.log.pending("alice").events) == 2
+        registry.release_lease("alice", holder="elsewhere:1")
+        result = trainer.update("alice")
+        assert result is not None and result.version is not None
+    finally:
+        trainer.close()
+    # The trainer gave its own lease back: another trainer can take the user now.
+    assert registry.try_lease("alice", holder="elsewhere:1", seconds=60)
 
 
 def test_gate_holds_back_a_candidate_that_forgets(registry, tiny_base) -> None:
