@@ -4,7 +4,14 @@ mixed-user generation, merge/unmerge and composition."""
 from adaptkit.bank.adapter import AdapterError, AdapterWeights, LoraWeights, read_adapter
 from adaptkit.bank.calibration import Calibration, calibrated_choice
 from adaptkit.bank.compose import build_weighted_adapter
-from adaptkit.bank.engine import DEFAULT_SHARED_DIR, Engine, Result
+from adaptkit.bank.engine import (
+    DEFAULT_SHARED_DIR,
+    DecodeSession,
+    Engine,
+    Result,
+    Sampling,
+    SessionRow,
+)
 from adaptkit.bank.lora_linear import MultiLoraLinear
 from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank, BankStats, ByteLRU, CacheFullError
 
@@ -17,11 +24,14 @@ __all__ = [
     "BankStats",
     "ByteLRU",
     "CacheFullError",
+    "DecodeSession",
     "Calibration",
     "Engine",
     "LoraWeights",
     "MultiLoraLinear",
     "Result",
+    "Sampling",
+    "SessionRow",
     "build_weighted_adapter",
     "calibrated_choice",
     "read_adapter",
