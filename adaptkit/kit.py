@@ -44,9 +44,11 @@ class AdaptKit:
         policy: RoutingPolicy | None = None,
         shared_dir: str | os.PathLike[str] = DEFAULT_SHARED_DIR,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        db: str | None = None,
     ) -> None:
         """``policy``, ``shared_dir`` (the library of shared adapters) and ``cache_bytes``
-        (the bank's RAM tier) configure the engine (``adaptkit.bank.Engine``)."""
+        (the bank's RAM tier) configure the engine (``adaptkit.bank.Engine``). ``db``: the
+        registry's SQLAlchemy URL (default: the home's SQLite file)."""
         self.home = Home.resolve(home).ensure()
         self.base_name = base
         self.quant = quant
@@ -55,7 +57,7 @@ class AdaptKit:
             "shared_dir": shared_dir,
             "cache_bytes": cache_bytes,
         }
-        self.registry = Registry(self.home.registry_url, self.home.adapters_dir)
+        self.registry = Registry(db or self.home.registry_url, self.home.adapters_dir)
         self._base: BaseModel | None = None
         self._engine: Engine | None = None
         self._fitter: Fitter | None = None

@@ -12,6 +12,7 @@ import click
 from adaptkit.base_model import DEFAULT_BASE
 from adaptkit.cli.arena import arena
 from adaptkit.cli.feedback import feedback
+from adaptkit.cli.keys import keys
 from adaptkit.cli.options import (
     base_option,
     build,
@@ -20,6 +21,7 @@ from adaptkit.cli.options import (
     options_from,
     quant_option,
 )
+from adaptkit.cli.serve import serve
 from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
@@ -192,6 +194,8 @@ def chat(
 
 main.add_command(arena)
 main.add_command(feedback)
+main.add_command(serve)
+main.add_command(keys)
 
 if __name__ == "__main__":
     main()

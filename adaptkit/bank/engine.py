@@ -445,11 +445,11 @@ class DecodeSession:
         admitted: list[SessionRow] = []
         prompts: list[list[int]] = []
         outcome: list[SessionRow | AdaptkitError] = []
-        for index, (request, sampling) in enumerate(entries):
+        for request, sampling in entries:
             try:
                 row, prompt = self._row(request, sampling)
             except AdaptkitError as error:
-                outcome.append(row_error(error, index, request))
+                outcome.append(error)
                 continue
             admitted.append(row)
             prompts.append(prompt)

@@ -1,0 +1,150 @@
+"""``Server``: what one ``adaptkit serve`` runs: the kit's long-lived engine behind the
+scheduler's thread, the online learner on its own base copy, the API keys, the metrics.
+
+    with AdaptKit(home) as kit, Server(kit, ServeConfig()) as server:
+        run(server)          # uvicorn on server.config.host:port until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+
+from adaptkit.errors import InputError
+from adaptkit.feedback import FeedbackLog
+from adaptkit.kit import AdaptKit
+from adaptkit.online import OnlineConfig
+from adaptkit.registry import PENDING, FeedbackEventRow
+from adaptkit.serve.auth import ApiKeys
+from adaptkit.serve.learner import Learner
+from adaptkit.serve.metrics import ServeMetrics
+from adaptkit.serve.scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of ``adaptkit serve``. Field names are the CLI flags (``--max-batch`` ...)."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=8000, metadata={"help": "port to bind"})
+    max_batch: int = field(default=32, metadata={"help": "rows decoded together at most"})
+    max_queue: int = field(
+        default=256, metadata={"help": "requests waiting to join at most; then 429"}
+    )
+    workers: int = field(
+        default=1, metadata={"help": "online trainers beside the server (0: do not learn)"}
+    )
+    max_body_bytes: int = field(default=1_000_000, metadata={"help": "largest request body"})
+    no_auth: bool = field(
+        default=False, metadata={"help": "serve without API keys (loopback --host only)"}
+    )
+    poll_seconds: float = field(
+        default=1.0, metadata={"help": "how often the trainer looks for feedback from elsewhere"}
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, least in (("max_batch", 1), ("max_queue", 1), ("max_body_bytes", 1024)):
+            if getattr(self, name) < least:
+                flag = "--" + name.replace("_", "-")
+                problems.append(f"{flag} must be >= {least}, got {getattr(self, name)}")
+        if self.workers not in (0, 1):
+            problems.append(f"--workers must be 0 or 1 (one trainer thread), got {self.workers}")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"--port must be in 0..65535, got {self.port}")
+        if self.poll_seconds <= 0:
+            problems.append(f"--poll-seconds must be > 0, got {self.poll_seconds}")
+        if self.no_auth and not _loopback(self.host):
+            problems.append(
+                f"--no-auth serves anyone who can reach --host {self.host!r}: it is allowed on "
+                "loopback only (127.0.0.1, ::1, localhost); make keys with `adaptkit keys create`"
+            )
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Server:
+    def __init__(
+        self, kit: AdaptKit, config: ServeConfig, *, online: OnlineConfig | None = None
+    ) -> None:
+        self.kit = kit
+        self.config = config
+        self.registry = kit.registry
+        self.base_name = kit.base_name
+        self.metrics = ServeMetrics()
+        self.feedback = FeedbackLog(kit.registry)
+        self.keys = None if config.no_auth else ApiKeys(kit.registry)
+        self.scheduler = Scheduler(
+            kit.engine, self.metrics, max_batch=config.max_batch, max_queue=config.max_queue
+        ).start()
+        self.learner = None
+        if config.workers:
+            self.learner = Learner(
+                kit.registry,
+                kit.home,
+                kit.base_name,
+                self.metrics,
+                quant=kit.quant,
+                config=online,
+                poll_seconds=config.poll_seconds,
+            ).start()
+
+    def notify(self, user_id: str) -> None:
+        if self.learner is not None:
+            self.learner.notify(user_id)
+
+    def readiness(self) -> dict[str, str]:
+        checks = {"model": "loaded" if self.scheduler.alive else "stopped"}
+        try:
+            with self.registry.session() as session:
+                session.execute(text("SELECT 1"))
+            checks["registry"] = "reachable"
+        except Exception as error:  # readiness reports; it does not raise
+            checks["registry"] = f"unreachable: {type(error).__name__}"
+        if self.learner is None:
+            checks["learner"] = "off (--workers 0)"
+        elif self.learner.error:
+            checks["learner"] = f"failed: {self.learner.error}"
+        else:
+            checks["learner"] = "running" if self.learner.ready else "loading"
+        return checks
+
+    def refresh_metrics(self) -> None:
+        with self.registry.session() as session:
+            pending = session.query(FeedbackEventRow).filter_by(state=PENDING).count()
+        self.metrics.feedback_pending.set(pending)
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        if self.learner is not None:
+            self.learner.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def run(server: Server) -> None:
+    """Serve ``server`` with uvicorn until interrupted (then close it)."""
+    import uvicorn
+
+    from adaptkit.serve.app import create_app
+
+    app = create_app(server)
+    host, port = server.config.host, server.config.port
+    shown = f"[{host}]" if ":" in host else host
+    print(f"adaptkit: serving {server.base_name} at http://{shown}:{port}/v1", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
