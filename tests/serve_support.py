@@ -23,7 +23,7 @@ def free_port() -> int:
 
 @contextmanager
 def serving(server: Server) -> Iterator[str]:
-    """The base URL (``http://127.0.0.1:PORT``) of ``server`` under uvicorn, until the block ends."""
+    """``server``'s base URL (``http://127.0.0.1:PORT``) under uvicorn, while the block runs."""
     port = free_port()
     config = uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
     app_server = uvicorn.Server(config)
