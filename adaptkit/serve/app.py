@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -288,13 +288,21 @@ def create_app(server: Server) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=dict[str, str],
+        responses={503: {"model": dict[str, str], "description": "not ready; says what"}},
+    )
     async def readyz():
         checks = await run_in_threadpool(server.readiness)
         ready = checks["model"] == "loaded" and checks["registry"] == "reachable"
         return JSONResponse(checks, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics():
         await run_in_threadpool(server.refresh_metrics)
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
