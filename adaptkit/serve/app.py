@@ -170,8 +170,9 @@ def create_app(server: Server) -> FastAPI:
         model = answered_by(server.base_name, started.plan)
         created = int(time.time())
         if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                _chat_stream(job, started, model, created, store),
+                _chat_stream(job, started, model, created, store, usage),
                 media_type="text/event-stream",
             )
         text, finished = await _collect(job, http)
@@ -391,17 +392,21 @@ async def _events(job: Job) -> AsyncIterator[Delta | Finished | Failed]:
         job.cancelled = True  # no-op once finished; retires the row when the client left
 
 
-async def _chat_stream(job, started, model, created, store) -> AsyncIterator[str]:
+async def _chat_stream(job, started, model, created, store, usage) -> AsyncIterator[str]:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"  # the answer is stored under it at the end
 
-    def chunk(delta: dict, finish: str | None = None) -> str:
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        choices = (
+            [{"index": 0, "delta": delta, "finish_reason": finish}] if delta is not None else []
+        )
         return _sse(
             {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": choices,
+                **extra,
             }
         )
 
@@ -412,6 +417,8 @@ async def _chat_stream(job, started, model, created, store) -> AsyncIterator[str
         elif isinstance(event, Finished):
             await store(job, started, event.text, completion_id)
             yield chunk({}, event.finish_reason)
+            if usage:  # OpenAI's stream_options.include_usage: a last chunk, no choices
+                yield chunk(None, usage=_usage(started, event).model_dump())
         else:
             yield _sse({"error": _error_detail(event.error)})
     yield "data: [DONE]\n\n"

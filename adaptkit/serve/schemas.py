@@ -35,6 +35,10 @@ class ChatMessage(_Body):
     content: str = Field(max_length=32_000)
 
 
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
 class _Generation(_Body):
     model: str = Field(max_length=320, description="'<base>', '<base>:<user>' or '...@<N>'")
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
@@ -43,6 +47,7 @@ class _Generation(_Body):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = Field(default=None)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="one answer per request")
     user: str | None = Field(default=None, max_length=256, description="ignored (OpenAI's)")
     # adaptkit: shared adapters added to the user's (name -> weight), and the user's weight.

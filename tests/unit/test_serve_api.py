@@ -87,7 +87,11 @@ def test_a_pinned_version_and_the_base_model(world: World) -> None:
 
 
 def test_streaming_sends_the_same_answer_in_chunks(world: World) -> None:
-    chunks = list(chat(world, f"{world.model}:bob", stream=True))
+    chunks = list(
+        chat(world, f"{world.model}:bob", stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[-1].usage.completion_tokens == 8 and not chunks[-1].choices
+    chunks = chunks[:-1]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == world.expected[("bob", None)]
     assert chunks[0].choices[0].delta.role == "assistant"
