@@ -100,7 +100,7 @@ def test_openai_client_and_isolation_under_concurrency(smollm2_home: Path, tmp_p
             return [(a.model, a.choices[0].message.content) for a in answers]
 
         answers = asyncio.run(all_at_once())
-    for (user, _), (model, text), want in zip(cases, answers, strict=True):
+    for (user, _), (model, text), want in zip(cases, answers, expected, strict=True):
         assert model == (f"{BASE}:{user}@{2 if user == 'alice' else 1}" if user else BASE)
         assert text == want, (user, model)
 
