@@ -319,7 +319,8 @@ def offline(home, answers: list[dict], args) -> tuple[dict, dict]:
     registry = Registry(home.registry_url, home.adapters_dir)
     with Engine(load_base(BASE, home=home), registry, shared_dir=home.root / "none") as engine:
         requests = [Request(a["prompt"], user=a["user"]) for a in answers[: args.ceiling_requests]]
-        engine.generate(requests[:2], max_new_tokens=2)  # warm up
+        for start_at in range(0, len(requests), args.max_batch):  # adapters into RAM first
+            engine.generate(requests[start_at : start_at + args.max_batch], max_new_tokens=1)
         began, tokens = time.perf_counter(), 0
         for start_at in range(0, len(requests), args.max_batch):
             batch = requests[start_at : start_at + args.max_batch]
