@@ -7,8 +7,8 @@ Loopback only, bounded in time (each phase runs ``--duration`` seconds, then wai
 for what is in flight) and count. M users get all-linear rank-8 adapters with random
 weights (``benchmarks/bank.py``'s ``make_adapters``). For each N in ``--clients``, N
 concurrent clients send chat completions (streamed, greedy) for random users;
-every ``--feedback-every``-th request of a quarter of the clients is followed by an
-edit, whose update is then tracked to the first completion answered by the new version.
+every ``--feedback-every``-th request to a learning user (every fourth) is followed by
+an edit, whose update is then tracked to the first completion answered by the new version.
 
 The peer, in the same run: the server a developer would write without adaptkit, FastAPI
 + PEFT, one ``set_adapter`` + ``generate`` per request (adapters loaded on first use),
@@ -35,8 +35,22 @@ from pathlib import Path
 
 import httpx
 from bank import BASE, PROMPTS, common_parser, make_adapters, progress, scratch_home
+from safetensors.torch import load_file, save_file
 
 EDIT = "Take your bicycle: about 15 minutes along the river."
+
+
+def learns(user: str) -> bool:
+    """Users who post feedback: every fourth. Their adapters start near the base (see
+    ``soften``), so the gate can promote an update; the others' differ strongly from the
+    base and from each other, so a row answered with another's adapter shows."""
+    return int(user.removeprefix("user")) % 4 == 0
+
+
+def soften(path: Path) -> None:
+    weights = load_file(path / "adapter_model.safetensors")
+    scaled = {k: t * 0.1 if "lora_B" in k else t for k, t in weights.items()}
+    save_file(scaled, path / "adapter_model.safetensors")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -137,7 +151,7 @@ async def load(url: str, clients: int, users: list[str], args, *, stream: bool, 
                 record = await one_request(http, url, user, prompt, args, stream)
                 records.append(record)
                 sent += 1
-                posts = feedback and index % 4 == 0 and sent % args.feedback_every == 0
+                posts = feedback and learns(user) and sent % args.feedback_every == 0
                 if posts and record["status"] == 200:
                     body = {"completion_id": record["id"], "key": "edit", "correction": EDIT}
                     posted = time.perf_counter()
@@ -305,7 +319,8 @@ def offline(home, answers: list[dict], args) -> tuple[dict, dict]:
     registry = Registry(home.registry_url, home.adapters_dir)
     with Engine(load_base(BASE, home=home), registry, shared_dir=home.root / "none") as engine:
         requests = [Request(a["prompt"], user=a["user"]) for a in answers[: args.ceiling_requests]]
-        engine.generate(requests[:2], max_new_tokens=2)  # warm up
+        for start_at in range(0, len(requests), args.max_batch):  # adapters into RAM first
+            engine.generate(requests[start_at : start_at + args.max_batch], max_new_tokens=1)
         began, tokens = time.perf_counter(), 0
         for start_at in range(0, len(requests), args.max_batch):
             batch = requests[start_at : start_at + args.max_batch]
@@ -340,13 +355,13 @@ def main() -> None:
     parser = common_parser(__doc__)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--clients", default="8,32")
-    parser.add_argument("--duration", type=float, default=40.0, help="seconds of load per phase")
-    parser.add_argument("--drain", type=float, default=120.0, help="wait for tracked updates")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per phase")
+    parser.add_argument("--drain", type=float, default=90.0, help="wait for tracked updates")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--feedback-every", type=int, default=3)
-    parser.add_argument("--ceiling-requests", type=int, default=96)
-    parser.add_argument("--isolation-sample", type=int, default=24)
+    parser.add_argument("--feedback-every", type=int, default=2)
+    parser.add_argument("--ceiling-requests", type=int, default=64)
+    parser.add_argument("--isolation-sample", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peer", type=Path, default=None, help=argparse_hidden())
     parser.add_argument("--port", type=int, default=0, help=argparse_hidden())
@@ -363,11 +378,10 @@ def main() -> None:
 
         progress(f"publishing {args.users} users' adapters")
         users = [f"user{i:03d}" for i in range(args.users)]
-        for user, path in zip(
-            users,
-            make_adapters(load_base(BASE, home=home), root, args.users, 8, args.seed),
-            strict=True,
-        ):
+        paths = make_adapters(load_base(BASE, home=home), root, args.users, 8, args.seed)
+        for user, path in zip(users, paths, strict=True):
+            if learns(user):
+                soften(path)
             registry.publish(
                 user, path, method="bench", base_model=BASE, data_digest="0" * 64,
                 metrics={}, config={},

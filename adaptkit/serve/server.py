@@ -8,6 +8,7 @@ scheduler's thread, the online learner on its own base copy, the API keys, the m
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
@@ -143,8 +144,18 @@ def run(server: Server) -> None:
 
     from adaptkit.serve.app import create_app
 
-    app = create_app(server)
     host, port = server.config.host, server.config.port
+    # Bind first, so the URL printed is the real one (--port 0 picks a free port).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise InputError(f"cannot listen on --host {host} --port {port}: {error}") from None
+    port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(f"adaptkit: serving {server.base_name} at http://{shown}:{port}/v1", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(create_app(server), log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -100,7 +100,7 @@ def test_openai_client_and_isolation_under_concurrency(smollm2_home: Path, tmp_p
             return [(a.model, a.choices[0].message.content) for a in answers]
 
         answers = asyncio.run(all_at_once())
-    for (user, _), (model, text), want in zip(cases, answers, strict=True):
+    for (user, _), (model, text), want in zip(cases, answers, expected, strict=True):
         assert model == (f"{BASE}:{user}@{2 if user == 'alice' else 1}" if user else BASE)
         assert text == want, (user, model)
 
@@ -121,7 +121,6 @@ def test_an_edit_becomes_the_version_that_answers_the_next_request(smollm2_home:
     with kit, Server(kit, config) as server, serving(server) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=120)
         wait_for(lambda: server.learner.ready or None, 300)
-        first = None
         for prompt in ("How do I get to the office?", "How do I get to the library?"):
             answer = client.chat.completions.create(
                 model=f"{BASE}:alice",
@@ -139,11 +138,11 @@ def test_an_edit_becomes_the_version_that_answers_the_next_request(smollm2_home:
             for body in (down, edit):
                 acked = httpx.post(f"{url}/v1/feedback", json=body)
                 assert acked.status_code == 202, acked.text
-                first = first or acked.json()["id"]
+            edited = acked.json()["id"]  # sft learns from the edit (the thumbs-down: skipped)
         posted = time.monotonic()
 
         def settled():
-            state = httpx.get(f"{url}/v1/feedback/{first}").json()
+            state = httpx.get(f"{url}/v1/feedback/{edited}").json()
             return state if state["state"] != "pending" else None
 
         state = wait_for(settled, 300)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -303,3 +304,25 @@ def test_no_auth_is_refused_off_loopback() -> None:
         ServeConfig(host="0.0.0.0", no_auth=True)
     with pytest.raises(InputError, match="--max-batch must be >= 1.*--workers"):
         ServeConfig(max_batch=0, workers=3)
+
+
+def test_a_client_that_disconnects_leaves_the_batch(world: World) -> None:
+    def cancelled() -> float:
+        for line in httpx.get(f"{world.url}/metrics").text.splitlines():
+            if line.startswith('adaptkit_requests_total{outcome="cancelled"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = cancelled()
+    body = {"model": world.model, "messages": MESSAGES, "max_tokens": 470, "stream": True}
+    headers = {"Authorization": f"Bearer {world.all_key}"}
+    with httpx.stream(
+        "POST", f"{world.url}/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")  # the row is decoding: leave now
+    deadline = time.monotonic() + 10
+    while cancelled() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled() == before + 1
+    assert "adaptkit_batch_size 0.0" in httpx.get(f"{world.url}/metrics").text
