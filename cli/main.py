@@ -11,6 +11,7 @@ import click
 
 from adaptkit.base_model import DEFAULT_BASE
 from adaptkit.cli.arena import arena
+from adaptkit.cli.export import export
 from adaptkit.cli.feedback import feedback
 from adaptkit.cli.keys import keys
 from adaptkit.cli.options import (
@@ -193,6 +194,7 @@ def chat(
 
 
 main.add_command(arena)
+main.add_command(export)
 main.add_command(feedback)
 main.add_command(serve)
 main.add_command(keys)

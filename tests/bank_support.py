@@ -28,8 +28,12 @@ def make_lora_dir(
     targets: Sequence[str] | str = "all-linear",
     b_std: float = 0.5,
     use_rslora: bool = False,
+    **config_fields: object,
 ) -> Path:
-    """Save a random LoRA for ``model`` (left unchanged) as a PEFT directory."""
+    """Save a random LoRA for ``model`` (left unchanged) as a PEFT directory.
+
+    ``config_fields`` go to PEFT's ``LoraConfig`` as they are (``layers_to_transform``,
+    ``rank_pattern``, ``alpha_pattern``...)."""
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -38,6 +42,7 @@ def make_lora_dir(
         use_rslora=use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
+        **config_fields,
     )
     generator = torch.Generator().manual_seed(seed)
     peft_model = get_peft_model(model, config)

@@ -1,7 +1,14 @@
 """The adapter bank: tiers (disk -> RAM LRU -> active), batched multi-adapter layers,
 mixed-user generation, merge/unmerge and composition."""
 
-from adaptkit.bank.adapter import AdapterError, AdapterWeights, LoraWeights, read_adapter
+from adaptkit.bank.adapter import (
+    PEFT_PREFIX,
+    AdapterError,
+    AdapterWeights,
+    LoraWeights,
+    ModuleShape,
+    read_adapter,
+)
 from adaptkit.bank.calibration import Calibration, calibrated_choice
 from adaptkit.bank.compose import build_weighted_adapter
 from adaptkit.bank.engine import (
@@ -12,12 +19,13 @@ from adaptkit.bank.engine import (
     Sampling,
     SessionRow,
 )
-from adaptkit.bank.lora_linear import MultiLoraLinear
+from adaptkit.bank.lora_linear import MultiLoraLinear, adaptable_shapes
 from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank, BankStats, ByteLRU, CacheFullError
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "DEFAULT_SHARED_DIR",
+    "PEFT_PREFIX",
     "AdapterBank",
     "AdapterError",
     "AdapterWeights",
@@ -28,10 +36,12 @@ __all__ = [
     "Calibration",
     "Engine",
     "LoraWeights",
+    "ModuleShape",
     "MultiLoraLinear",
     "Result",
     "Sampling",
     "SessionRow",
+    "adaptable_shapes",
     "build_weighted_adapter",
     "calibrated_choice",
     "read_adapter",

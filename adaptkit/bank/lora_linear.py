@@ -75,6 +75,20 @@ def _is_adaptable(name: str, module: nn.Module, skip: frozenset[str]) -> bool:
     return isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in skip
 
 
+def adaptable_shapes(
+    model: nn.Module, skip: frozenset[str] = frozenset({"lm_head"})
+) -> dict[str, ModuleShape]:
+    """The shapes of the linears ``wrap_linears`` would wrap, by PEFT module name.
+
+    Works on a model built on the meta device (no weights read), which is how an
+    export checks an adapter's module names without loading the base."""
+    return {
+        name: ModuleShape(module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if _is_adaptable(name, module, skip)
+    }
+
+
 def wrap_linears(
     model: nn.Module, skip: frozenset[str] = frozenset({"lm_head"})
 ) -> dict[str, MultiLoraLinear]:
