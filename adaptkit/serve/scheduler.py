@@ -196,7 +196,7 @@ class Scheduler:
             else:
                 self._send(job, text, hold=max((len(s) for s in job.stops), default=1) - 1)
         for job, text, reason in done:
-            self._send(job, text, hold=0)
+            self._send(job, text, hold=0, final=True)
             job.emit(Finished(text, reason, len(job.row.tokens)))
             self.metrics.requests.labels("ok").inc()
             self.metrics.latency.observe(now - job.queued_at)
@@ -211,11 +211,12 @@ class Scheduler:
             return text[: min(cuts)].rstrip(), True
         return (text.rstrip() if job.row.finish else text), False
 
-    def _send(self, job: Job, text: str, *, hold: int) -> None:
+    def _send(self, job: Job, text: str, *, hold: int, final: bool = False) -> None:
         """Send what is new of ``text``, keeping back a possible stop string's start and a
         half-decoded character."""
         ready = len(text) - hold
-        while ready > job.sent and text[ready - 1] == "\ufffd":
+        # Mid-answer only: the last answer is sent whole, as the non-streamed one is.
+        while not final and ready > job.sent and text[ready - 1] == "\ufffd":
             ready -= 1
         if ready > job.sent:
             job.emit(Delta(text[job.sent : ready]))

@@ -12,16 +12,26 @@ import socket
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
+from transformers import AutoTokenizer
 
+from adaptkit.base_model import CATALOGUE
 from adaptkit.errors import InputError
+from adaptkit.export import converted_base_dir
 from adaptkit.feedback import FeedbackLog
 from adaptkit.kit import AdaptKit
 from adaptkit.online import OnlineConfig
 from adaptkit.registry import PENDING, FeedbackEventRow
+from adaptkit.router import Router
 from adaptkit.serve.auth import ApiKeys
 from adaptkit.serve.learner import Learner
 from adaptkit.serve.metrics import ServeMetrics
 from adaptkit.serve.scheduler import Scheduler
+from adaptkit.serve.upstream import (
+    UPSTREAM_KINDS,
+    RegistryCatalog,
+    Upstream,
+    UpstreamScheduler,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,27 @@ class ServeConfig:
     poll_seconds: float = field(
         default=1.0, metadata={"help": "how often the trainer looks for feedback from elsewhere"}
     )
+    upstream: str = field(
+        default="",
+        metadata={
+            "help": "forward generation to this OpenAI-compatible engine (http://HOST:PORT); "
+            "adaptkit keeps its API, keys, completion store, feedback and learning"
+        },
+    )
+    upstream_kind: str = field(
+        default="adaptkit",
+        metadata={
+            "help": "the upstream's adapter names: adaptkit (<base>:<user>@<N>) or vllm "
+            "(<user>@v<N>, resolved by adaptkit's vLLM plugin)"
+        },
+    )
+    upstream_model: str = field(
+        default="",
+        metadata={
+            "help": "the base model's name on the upstream (default: --base for adaptkit, "
+            "its hub id for vllm)"
+        },
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,6 +86,13 @@ class ServeConfig:
             problems.append(f"--workers must be 0 or 1 (one trainer thread), got {self.workers}")
         if not 0 <= self.port <= 65535:
             problems.append(f"--port must be in 0..65535, got {self.port}")
+        if self.upstream and not self.upstream.startswith(("http://", "https://")):
+            problems.append(f"--upstream must be an http:// or https:// URL, got {self.upstream!r}")
+        if self.upstream_kind not in UPSTREAM_KINDS:
+            problems.append(
+                f"--upstream-kind must be one of {', '.join(UPSTREAM_KINDS)}, "
+                f"got {self.upstream_kind!r}"
+            )
         if self.poll_seconds <= 0:
             problems.append(f"--poll-seconds must be > 0, got {self.poll_seconds}")
         if self.no_auth and not _loopback(self.host):
@@ -86,8 +124,12 @@ class Server:
         self.metrics = ServeMetrics()
         self.feedback = FeedbackLog(kit.registry)
         self.keys = None if config.no_auth else ApiKeys(kit.registry)
-        self.scheduler = Scheduler(
-            kit.engine, self.metrics, max_batch=config.max_batch, max_queue=config.max_queue
+        self.scheduler = (
+            _forwarder(kit, config, self.metrics)
+            if config.upstream
+            else Scheduler(
+                kit.engine, self.metrics, max_batch=config.max_batch, max_queue=config.max_queue
+            )
         ).start()
         self.learner = None
         if config.workers:
@@ -136,6 +178,17 @@ class Server:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _forwarder(kit: AdaptKit, config: ServeConfig, metrics: ServeMetrics) -> UpstreamScheduler:
+    """Gateway mode: no local engine; the router plans over the registry and the
+    tokenizer counts prompt tokens as the upstream's own copy of the base will."""
+    entry = CATALOGUE.get(kit.base_name)
+    default = entry.hf_id if config.upstream_kind == "vllm" and entry else kit.base_name
+    upstream = Upstream(config.upstream, config.upstream_kind, config.upstream_model or default)
+    tokenizer = AutoTokenizer.from_pretrained(converted_base_dir(kit.base_name, kit.home))
+    router = Router(RegistryCatalog(kit.registry))
+    return UpstreamScheduler(upstream, router, tokenizer, metrics, max_queue=config.max_queue)
 
 
 def run(server: Server) -> None:
