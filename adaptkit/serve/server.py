@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from adaptkit.errors import InputError
 from adaptkit.feedback import FeedbackLog
+from adaptkit.gate import ProbeSuite
 from adaptkit.kit import AdaptKit
 from adaptkit.online import OnlineConfig
 from adaptkit.registry import PENDING, FeedbackEventRow
@@ -77,8 +78,14 @@ def _loopback(host: str) -> bool:
 
 class Server:
     def __init__(
-        self, kit: AdaptKit, config: ServeConfig, *, online: OnlineConfig | None = None
+        self,
+        kit: AdaptKit,
+        config: ServeConfig,
+        *,
+        online: OnlineConfig | None = None,
+        probes: ProbeSuite | None = None,
     ) -> None:
+        """``online``, ``probes``: the online trainer's settings and gate probes."""
         self.kit = kit
         self.config = config
         self.registry = kit.registry
@@ -98,6 +105,7 @@ class Server:
                 self.metrics,
                 quant=kit.quant,
                 config=online,
+                probes=probes,
                 poll_seconds=config.poll_seconds,
             ).start()
 
