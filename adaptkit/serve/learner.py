@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from adaptkit.base_model import load_base
 from adaptkit.feedback import FeedbackLog
+from adaptkit.gate import ProbeSuite
 from adaptkit.home import Home
 from adaptkit.online import OnlineConfig, OnlineTrainer, OnlineWorker, UpdateResult
 from adaptkit.registry import Registry
@@ -67,15 +68,18 @@ class Learner:
         *,
         quant: str = "none",
         config: OnlineConfig | None = None,
+        probes: ProbeSuite | None = None,
         poll_seconds: float = 1.0,
     ) -> None:
+        """``config``, ``probes``: the online trainer's (``adaptkit.online``); None: its
+        defaults."""
         self.registry = registry
         self.log = FeedbackLog(registry)
         self.metrics = metrics
         self.worker: OnlineWorker | None = None
         self._trainer: OnlineTrainer | None = None
         self.error: str | None = None
-        self._args = (home, base_name, quant, config, poll_seconds)
+        self._args = (home, base_name, quant, config, probes, poll_seconds)
         self._loader = threading.Thread(target=self._load, name="adaptkit-learner", daemon=True)
         self._closed = threading.Event()
 
@@ -88,10 +92,12 @@ class Learner:
         return self.worker is not None
 
     def _load(self) -> None:
-        home, base_name, quant, config, poll_seconds = self._args
+        home, base_name, quant, config, probes, poll_seconds = self._args
         try:
             base = load_base(base_name, home=home, quant=quant)
-            trainer = OnlineTrainer(self.registry, base, base_name=base_name, config=config)
+            trainer = OnlineTrainer(
+                self.registry, base, base_name=base_name, config=config, probes=probes
+            )
         except Exception as error:
             log.exception("the online trainer could not start")
             self.error = f"{type(error).__name__}: {error}"

@@ -18,6 +18,7 @@ from adaptkit.base_model import CATALOGUE
 from adaptkit.errors import InputError
 from adaptkit.export import converted_base_dir
 from adaptkit.feedback import FeedbackLog
+from adaptkit.gate import ProbeSuite
 from adaptkit.kit import AdaptKit
 from adaptkit.online import OnlineConfig
 from adaptkit.registry import PENDING, FeedbackEventRow
@@ -115,8 +116,14 @@ def _loopback(host: str) -> bool:
 
 class Server:
     def __init__(
-        self, kit: AdaptKit, config: ServeConfig, *, online: OnlineConfig | None = None
+        self,
+        kit: AdaptKit,
+        config: ServeConfig,
+        *,
+        online: OnlineConfig | None = None,
+        probes: ProbeSuite | None = None,
     ) -> None:
+        """``online``, ``probes``: the online trainer's settings and gate probes."""
         self.kit = kit
         self.config = config
         self.registry = kit.registry
@@ -140,6 +147,7 @@ class Server:
                 self.metrics,
                 quant=kit.quant,
                 config=online,
+                probes=probes,
                 poll_seconds=config.poll_seconds,
             ).start()
 

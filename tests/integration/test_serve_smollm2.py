@@ -18,6 +18,7 @@ import pytest
 from bank_support import make_lora_dir, publish_dir
 from serve_support import free_port, serving, wait_ready
 
+from adaptkit.gate import DEFAULT_PROBES, ProbeSuite
 from adaptkit.kit import AdaptKit
 from adaptkit.registry import Registry
 from adaptkit.router import Request
@@ -118,7 +119,8 @@ def test_an_edit_becomes_the_version_that_answers_the_next_request(smollm2_home:
     kit = AdaptKit(smollm2_home, shared_dir=tmp_path / "shared")
     publish_users(kit, tmp_path, ["alice"], b_std=0.0)  # v1: the base model's answers
     config = ServeConfig(workers=1, no_auth=True, poll_seconds=0.2)
-    with kit, Server(kit, config) as server, serving(server) as url:
+    probes = ProbeSuite(DEFAULT_PROBES[:4], max_new_tokens=10)  # a quick gate to prepare
+    with kit, Server(kit, config, probes=probes) as server, serving(server) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=120)
         wait_for(lambda: server.learner.ready or None, 300)
         for prompt in ("How do I get to the office?", "How do I get to the library?"):
