@@ -13,6 +13,7 @@ from adaptkit.base_model import DEFAULT_BASE
 from adaptkit.cli.arena import arena
 from adaptkit.cli.export import export
 from adaptkit.cli.feedback import feedback
+from adaptkit.cli.keys import keys
 from adaptkit.cli.options import (
     base_option,
     build,
@@ -22,6 +23,7 @@ from adaptkit.cli.options import (
     quant_option,
 )
 from adaptkit.cli.registry import COMMANDS as REGISTRY_COMMANDS
+from adaptkit.cli.serve import serve
 from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import AdaptkitError
 from adaptkit.kit import AdaptKit
@@ -197,6 +199,8 @@ main.add_command(export)
 main.add_command(feedback)
 for _command in REGISTRY_COMMANDS:
     main.add_command(_command)
+main.add_command(serve)
+main.add_command(keys)
 
 if __name__ == "__main__":
     main()

@@ -52,12 +52,13 @@ def options_from(
             else:
                 default = getattr(defaults, field.name) if defaults else field.default
                 show_default = True
+            kind = field.type if isinstance(field.type, str) else field.type.__name__
+            # A bool field is a flag (``--no-auth``), not ``--no-auth true``.
+            typed = {"is_flag": True} if kind == "bool" else {"type": _CLICK_TYPES[kind]}
             command = click.option(
                 flag_name(prefix + field.name),
                 prefix + field.name,
-                type=_CLICK_TYPES[
-                    field.type if isinstance(field.type, str) else field.type.__name__
-                ],
+                **typed,
                 default=default,
                 show_default=show_default,
                 help=helps.get(field.name, field.metadata.get("help", "")),

@@ -11,7 +11,14 @@ from adaptkit.bank.adapter import (
 )
 from adaptkit.bank.calibration import Calibration, calibrated_choice
 from adaptkit.bank.compose import build_weighted_adapter
-from adaptkit.bank.engine import DEFAULT_SHARED_DIR, Engine, Result
+from adaptkit.bank.engine import (
+    DEFAULT_SHARED_DIR,
+    DecodeSession,
+    Engine,
+    Result,
+    Sampling,
+    SessionRow,
+)
 from adaptkit.bank.lora_linear import MultiLoraLinear, adaptable_shapes
 from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank, BankStats, ByteLRU, CacheFullError
 
@@ -25,12 +32,15 @@ __all__ = [
     "BankStats",
     "ByteLRU",
     "CacheFullError",
+    "DecodeSession",
     "Calibration",
     "Engine",
     "LoraWeights",
     "ModuleShape",
     "MultiLoraLinear",
     "Result",
+    "Sampling",
+    "SessionRow",
     "adaptable_shapes",
     "build_weighted_adapter",
     "calibrated_choice",

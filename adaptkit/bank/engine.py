@@ -13,6 +13,7 @@ rows are computed exactly as planned and the bad row carries its error.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Hashable, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from adaptkit.bank.adapter import AdapterWeights
@@ -221,6 +223,12 @@ class Engine:
             results[i] = Result(text, plans[i], tokens)
         return results
 
+    def session(self) -> DecodeSession:
+        """A step-wise decode whose rows join and leave between steps (continuous
+        batching). Like ``generate``, it owns the layers while it has rows: do not call
+        ``generate`` while a session is decoding."""
+        return DecodeSession(self)
+
     def _load(self, plan: Plan, pinned: list[Hashable]) -> list[tuple[AdapterWeights, float]]:
         """The plan's adapters, loaded and pinned for the duration of the batch."""
         loaded = []
@@ -367,6 +375,213 @@ class Engine:
         return stream
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How one row picks its tokens: greedy at ``temperature`` 0, else sampled from the
+    ``top_p`` nucleus with its own generator (``seed``: reproducible)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.temperature <= 2.0:
+            problems.append(f"temperature must be in [0, 2], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        return problems
+
+
+@dataclass(eq=False)
+class SessionRow:
+    """One request decoding in a ``DecodeSession``: its plan, its tokens so far, and why
+    it ended (``finish``: "stop" for a stop token, "length" at ``max_new_tokens``,
+    "retired" when the caller took it out)."""
+
+    id: int
+    request: Request
+    plan: Plan
+    sampling: Sampling
+    prompt_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    finish: str | None = None
+    adapters: RowAdapters = ()
+    pinned: list[Hashable] = field(default_factory=list, repr=False)
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+class DecodeSession:
+    """Rows (requests of any users) join and leave a running batch between decode steps.
+
+    ``admit`` plans, loads and prefills new rows (one forward for all of them) and
+    appends them to the batch; ``step`` gives every row one token (one forward for the
+    whole batch, each row with its own adapters) and drops the rows that ended;
+    ``retire`` drops rows the caller no longer wants (a client gone, a stop string).
+    A row's answer is the one ``Engine.generate`` gives it alone (greedy).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.rows: list[SessionRow] = []
+        self._stream: _Stream | None = None
+        self._ids = itertools.count(1)
+        tokenizer = engine.base.tokenizer
+        self._stops = set(stop_token_ids(tokenizer))
+        self._pad_id = pad_token_id(tokenizer)
+        self.context_tokens = int(
+            getattr(engine.base.model.config, "max_position_embeddings", 2048)
+        )
+
+    def admit(
+        self, entries: Sequence[tuple[Request, Sampling]]
+    ) -> list[SessionRow | AdaptkitError]:
+        """Add requests to the batch; each entry becomes a row, or the error that stops it
+        (unknown user or version, a prompt longer than the context, bad sampling), found
+        before anything is computed. The other rows are admitted as usual."""
+        admitted: list[SessionRow] = []
+        prompts: list[list[int]] = []
+        outcome: list[SessionRow | AdaptkitError] = []
+        for request, sampling in entries:
+            try:
+                row, prompt = self._row(request, sampling)
+            except AdaptkitError as error:
+                outcome.append(error)
+                continue
+            admitted.append(row)
+            prompts.append(prompt)
+            outcome.append(row)
+        if admitted:
+            try:
+                self._prefill(admitted, prompts)
+            except BaseException:
+                for row in admitted:
+                    self._unpin(row)
+                raise
+        return outcome
+
+    def _row(self, request: Request, sampling: Sampling) -> tuple[SessionRow, list[int]]:
+        problems = sampling.problems()
+        prompt = encode_prompt(self.engine.base.tokenizer, as_messages(request.prompt))
+        if len(prompt) + sampling.max_new_tokens > self.context_tokens:
+            problems.append(
+                f"the prompt is {len(prompt)} tokens and max_new_tokens "
+                f"{sampling.max_new_tokens}: more than the model's context of "
+                f"{self.context_tokens} tokens; shorten the messages or max_new_tokens"
+            )
+        if problems:
+            raise InputError("; ".join(problems))
+        plan = self.engine.router.plan(request)
+        pinned: list[Hashable] = []
+        try:
+            adapters = self.engine._load(plan, pinned)
+        except BaseException:
+            for key in pinned:
+                self.engine.bank.cache.unpin(key)
+            raise
+        generator = None
+        if sampling.temperature > 0:
+            generator = torch.Generator()
+            if sampling.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(sampling.seed)
+        row = SessionRow(
+            next(self._ids),
+            request,
+            plan,
+            sampling,
+            len(prompt),
+            adapters=adapters,
+            pinned=pinned,
+            generator=generator,
+        )
+        return row, prompt
+
+    @torch.inference_mode()
+    def _prefill(self, rows: list[SessionRow], prompts: list[list[int]]) -> None:
+        self.engine.set_rows([row.adapters for row in rows])
+        fresh = _Stream(self.engine.base.model, *left_pad(prompts, self._pad_id))
+        if self._stream is None:
+            self._stream = fresh
+        else:
+            self._stream.join(fresh)
+        self.rows.extend(rows)
+        self.engine.set_rows([row.adapters for row in self.rows])
+
+    @torch.inference_mode()
+    def step(self) -> list[SessionRow]:
+        """One token for every row (one forward); returns the rows, the ones that ended
+        (``finish`` set) already out of the batch."""
+        if self._stream is None:
+            return []
+        stepped = list(self.rows)
+        chosen = self._choose(self._stream.logits)
+        for row, token in zip(stepped, chosen.tolist(), strict=True):
+            row.tokens.append(token)
+            if token in self._stops:
+                row.finish = "stop"
+            elif len(row.tokens) >= row.sampling.max_new_tokens:
+                row.finish = "length"
+        going = [i for i, row in enumerate(stepped) if row.finish is None]
+        self._keep(going)
+        if self._stream is not None:
+            self._stream.feed(chosen[torch.tensor(going)])
+        return stepped
+
+    def retire(self, rows: Sequence[SessionRow]) -> None:
+        """Take ``rows`` out of the batch now (their cache and adapter rows with them)."""
+        leaving = {id(row) for row in rows}
+        for row in rows:
+            if row.finish is None:
+                row.finish = "retired"
+        self._keep([i for i, row in enumerate(self.rows) if id(row) not in leaving])
+
+    def _keep(self, keep: list[int]) -> None:
+        for index, row in enumerate(self.rows):
+            if index not in keep:
+                self._unpin(row)
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self._stream = None
+            self.engine.clear_rows()
+            return
+        index = torch.tensor(keep)
+        self._stream.select(index)
+        self._stream.trim()
+        self.engine.select_rows(index)
+
+    def _unpin(self, row: SessionRow) -> None:
+        for key in row.pinned:
+            self.engine.bank.cache.unpin(key)
+        row.pinned.clear()
+
+    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token: argmax, or a sample under its temperature and top_p."""
+        chosen = logits.argmax(dim=-1)
+        for i, row in enumerate(self.rows):
+            if row.generator is None:
+                continue
+            probs = torch.softmax(logits[i].float() / row.sampling.temperature, dim=-1)
+            if row.sampling.top_p < 1.0:
+                ordered, order = probs.sort(descending=True)
+                # Keep the smallest prefix whose mass reaches top_p (always the first).
+                outside = ordered.cumsum(0) - ordered >= row.sampling.top_p
+                probs = probs.clone()
+                probs[order[outside]] = 0.0
+            chosen[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
+        return chosen
+
+    def close(self) -> None:
+        """Retire every row."""
+        self.retire(list(self.rows))
+
+
 class _Stream:
     """One batch decoded token by token over its own KV cache (padding allowed anywhere
     before a row's last token; positions count real tokens only, as generate's do)."""
@@ -402,6 +617,38 @@ class _Stream:
 
     def feed(self, token: torch.Tensor) -> None:
         self.extend(token[:, None], torch.ones_like(token[:, None]))
+
+    def join(self, other: _Stream) -> None:
+        """Append ``other``'s rows: both caches are left-padded (masked) to one length."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+            mine.values = torch.cat(
+                [_pad_left(mine.values, width), _pad_left(theirs.values, width)]
+            )
+        self.mask = torch.cat(
+            [
+                F.pad(self.mask, (width - self.mask.shape[1], 0)),
+                F.pad(other.mask, (width - other.mask.shape[1], 0)),
+            ]
+        )
+        self.last_position = torch.cat([self.last_position, other.last_position])
+        self.logits = torch.cat([self.logits, other.logits])
+
+    def trim(self) -> None:
+        """Drop the leading columns no row attends to (left by rows that left)."""
+        first = int(self.mask.any(dim=0).int().argmax())
+        if first == 0:
+            return
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, first:]
+            layer.values = layer.values[:, :, first:]
+
+
+def _pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
+    """(rows, heads, tokens, dim) states left-padded with zeros to ``width`` tokens."""
+    return F.pad(states, (0, 0, width - states.shape[2], 0))
 
 
 def _common_prefix(prompts: Sequence[list[int]]) -> int:

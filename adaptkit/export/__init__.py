@@ -5,13 +5,14 @@ vLLM's plugin system; it imports vLLM, so it is not imported here)."""
 
 from adaptkit.export.names import parse_versioned_name, versioned_name
 from adaptkit.export.peft_dir import PROVENANCE, ExportedAdapter, ExportError, export_version
-from adaptkit.export.shapes import config_shapes, converted_base_shapes
+from adaptkit.export.shapes import config_shapes, converted_base_dir, converted_base_shapes
 
 __all__ = [
     "PROVENANCE",
     "ExportError",
     "ExportedAdapter",
     "config_shapes",
+    "converted_base_dir",
     "converted_base_shapes",
     "export_version",
     "parse_versioned_name",

@@ -21,11 +21,16 @@ def config_shapes(model_dir: Path) -> dict[str, ModuleShape]:
 
 
 def converted_base_shapes(name: str, home: Home) -> dict[str, ModuleShape]:
-    """The shapes of base ``name``: a model directory, or a catalogue model already
-    converted into ``home`` (``adaptkit base pull NAME``)."""
+    """The shapes of base ``name`` (see ``converted_base_dir``)."""
+    return config_shapes(converted_base_dir(name, home))
+
+
+def converted_base_dir(name: str, home: Home) -> Path:
+    """Where base ``name``'s config and tokenizer are: a model directory, or a catalogue
+    model already converted into ``home`` (``adaptkit base pull NAME``)."""
     for candidate in (Path(name).expanduser(), home.models_dir / name):
         if (candidate / "config.json").is_file():
-            return config_shapes(candidate)
+            return candidate
     raise InputError(
         f"base model {name!r} is neither a model directory nor converted in {home.root}: "
         f"run `adaptkit base pull {name} --home {home.root}` first"

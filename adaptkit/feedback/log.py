@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adaptkit.errors import UnknownUserError
@@ -96,9 +97,36 @@ class FeedbackLog:
             session.flush()
             return _completion(row)
 
-    def record(self, event: FeedbackEvent) -> FeedbackEvent:
-        """Validate ``event``, commit it, and return it with its id (= acknowledged)."""
+    def record(self, event: FeedbackEvent, *, idempotency_key: str | None = None) -> FeedbackEvent:
+        """Validate ``event``, commit it, and return it with its id (= acknowledged).
+
+        ``idempotency_key``: a retry of a call that carried the same key (for this user)
+        records nothing and returns the event the first call recorded."""
         validate_user_id(event.user_id)
+        if idempotency_key is not None:
+            if (first := self._by_idempotency_key(event.user_id, idempotency_key)) is not None:
+                return first
+            try:
+                return self._insert(event, idempotency_key)
+            except IntegrityError:
+                # A concurrent retry committed first: its event is the one.
+                first = self._by_idempotency_key(event.user_id, idempotency_key)
+                if first is None:
+                    raise
+                return first
+        return self._insert(event, None)
+
+    def _by_idempotency_key(self, user_id: str, key: str) -> FeedbackEvent | None:
+        with self.registry.session() as session:
+            row = session.scalar(
+                select(FeedbackEventRow).where(
+                    FeedbackEventRow.user_id == user_id,
+                    FeedbackEventRow.idempotency_key == key,
+                )
+            )
+            return _event(row) if row is not None else None
+
+    def _insert(self, event: FeedbackEvent, idempotency_key: str | None) -> FeedbackEvent:
         with self.registry.transaction() as session:
             if session.get(UserRow, event.user_id) is None:
                 raise UnknownUserError(
@@ -115,6 +143,7 @@ class FeedbackLog:
                 kind=event.kind,
                 payload=event.payload(),
                 state=PENDING,
+                idempotency_key=idempotency_key,
             )
             session.add(row)
             session.flush()

@@ -130,3 +130,41 @@ class FeedbackEventRow(Base):
     consumed_by_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("adapter_versions.id"), nullable=True
     )
+
+
+# ---- serve: rows of the HTTP server (adaptkit.serve) --------------------------------------
+# API keys, the completion ids the server hands out, and an idempotency key on feedback
+# events (a retried POST finds its first event). Kept in one block for the migration.
+
+
+class ApiKeyRow(Base):
+    """A bearer key of the server, stored as its sha256 only (the key is shown once)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart
+    scope: Mapped[str] = mapped_column(String(8))  # app | admin
+    users: Mapped[str] = mapped_column(String(256), default="*")  # glob of reachable users
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ServedCompletionRow(Base):
+    """The id a response carried (``chatcmpl-...``, known before the answer is) -> the
+    stored request."""
+
+    __tablename__ = "served_completions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("feedback_requests.id"), index=True)
+    model: Mapped[str] = mapped_column(String(320))  # the exact model that answered
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+FeedbackEventRow.idempotency_key = mapped_column(String(128), nullable=True)
+FeedbackEventRow.__table__.append_constraint(
+    UniqueConstraint("user_id", "idempotency_key", name="uq_feedback_events_idempotency")
+)

@@ -1,0 +1,123 @@
+"""Learning while serving: an ``OnlineWorker`` beside the server, on its own base copy.
+
+The trainer loads in a background thread (the server answers meanwhile); then the
+worker's thread turns each user's pending feedback into gated versions. The server
+never trains and the trainer never serves: they meet in the registry, where a
+promoted version is the user's active one, so the next request is planned on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+from adaptkit.base_model import load_base
+from adaptkit.feedback import FeedbackLog
+from adaptkit.gate import ProbeSuite
+from adaptkit.home import Home
+from adaptkit.online import OnlineConfig, OnlineTrainer, OnlineWorker, UpdateResult
+from adaptkit.registry import Registry
+from adaptkit.serve.metrics import ServeMetrics
+
+log = logging.getLogger(__name__)
+
+
+class _Observed:
+    """The trainer as the worker sees it (``update``, ``log``, ``busy``), timing updates."""
+
+    def __init__(self, trainer: OnlineTrainer, metrics: ServeMetrics) -> None:
+        self.trainer = trainer
+        self.log = trainer.log
+        self.metrics = metrics
+
+    @property
+    def busy(self) -> bool:
+        return self.trainer.busy
+
+    def update(self, user_id: str) -> UpdateResult | None:
+        began = time.perf_counter()
+        pending = self.log.pending(user_id, limit=self.trainer.config.max_events).events
+        result = self.trainer.update(user_id)
+        if result is None:
+            return None
+        self.metrics.update_seconds.observe(time.perf_counter() - began)
+        if result.version is not None:
+            verdict = "promoted" if result.promoted else "refused"
+            self.metrics.versions.labels(verdict).inc()
+            now = datetime.now(timezone.utc)
+            for event in pending:
+                if event.created_at is not None and event.id in result.outcomes:
+                    created = event.created_at
+                    if created.tzinfo is None:  # SQLite gives naive UTC datetimes back
+                        created = created.replace(tzinfo=timezone.utc)
+                    self.metrics.feedback_to_version.observe((now - created).total_seconds())
+        return result
+
+
+class Learner:
+    """The online worker of one server; ``notify(user)`` after each feedback commit."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        home: Home,
+        base_name: str,
+        metrics: ServeMetrics,
+        *,
+        quant: str = "none",
+        config: OnlineConfig | None = None,
+        probes: ProbeSuite | None = None,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        """``config``, ``probes``: the online trainer's (``adaptkit.online``); None: its
+        defaults."""
+        self.registry = registry
+        self.log = FeedbackLog(registry)
+        self.metrics = metrics
+        self.worker: OnlineWorker | None = None
+        self._trainer: OnlineTrainer | None = None
+        self.error: str | None = None
+        self._args = (home, base_name, quant, config, probes, poll_seconds)
+        self._loader = threading.Thread(target=self._load, name="adaptkit-learner", daemon=True)
+        self._closed = threading.Event()
+
+    def start(self) -> Learner:
+        self._loader.start()
+        return self
+
+    @property
+    def ready(self) -> bool:
+        return self.worker is not None
+
+    def _load(self) -> None:
+        home, base_name, quant, config, probes, poll_seconds = self._args
+        try:
+            base = load_base(base_name, home=home, quant=quant)
+            trainer = OnlineTrainer(
+                self.registry, base, base_name=base_name, config=config, probes=probes
+            )
+        except Exception as error:
+            log.exception("the online trainer could not start")
+            self.error = f"{type(error).__name__}: {error}"
+            return
+        worker = OnlineWorker(_Observed(trainer, self.metrics), poll_seconds=poll_seconds)
+        self._trainer = trainer
+        if not self._closed.is_set():
+            self.worker = worker.start()
+
+    def notify(self, user_id: str) -> None:
+        """A user has new feedback (if the trainer is still loading, its first poll finds it)."""
+        if self.worker is not None:
+            self.worker.notify(user_id)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._loader.join(60)
+        if self.worker is not None:
+            self.worker.stop(60)
+            self.worker = None
+        if self._trainer is not None:
+            self._trainer.close()
+            self._trainer = None

@@ -1,0 +1,462 @@
+"""``adaptkit serve`` under load vs the FastAPI + PEFT server, measured in one run.
+
+    python benchmarks/serve.py --json OUT.json [--model-cache DIR] [--users 200]
+        [--clients 8,32] [--duration 40] [--max-tokens 24]
+
+Loopback only, bounded in time (each phase runs ``--duration`` seconds, then waits
+for what is in flight) and count. M users get all-linear rank-8 adapters with random
+weights (``benchmarks/bank.py``'s ``make_adapters``). For each N in ``--clients``, N
+concurrent clients send chat completions (streamed, greedy) for random users;
+every ``--feedback-every``-th request to a learning user (every fourth) is followed by
+an edit, whose update is then tracked to the first completion answered by the new version.
+
+The peer, in the same run: the server a developer would write without adaptkit, FastAPI
++ PEFT, one ``set_adapter`` + ``generate`` per request (adapters loaded on first use),
+under the same clients. The ceiling: the engine's own offline batches
+(``Engine.generate``, ``--max-batch`` rows) on the requests of the largest phase.
+
+Keys: ``adaptkit.clients_N`` / ``peft.clients_N`` (p50/p99 latency, time to first
+token, output tokens/s, 5xx, ...), ``ceiling``, ``ratios``, ``isolation`` (answers
+re-computed alone with the exact version the response named), ``feedback`` (lost
+events, feedback-to-new-version latency), ``floors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from bank import BASE, PROMPTS, common_parser, make_adapters, progress, scratch_home
+from safetensors.torch import load_file, save_file
+
+EDIT = "Take your bicycle: about 15 minutes along the river."
+
+
+def learns(user: str) -> bool:
+    """Users who post feedback: every fourth. Their adapters start near the base (see
+    ``soften``), so the gate can promote an update; the others' differ strongly from the
+    base and from each other, so a row answered with another's adapter shows."""
+    return int(user.removeprefix("user")) % 4 == 0
+
+
+def soften(path: Path) -> None:
+    weights = load_file(path / "adapter_model.safetensors")
+    scaled = {k: t * 0.1 if "lora_B" in k else t for k, t in weights.items()}
+    save_file(scaled, path / "adapter_model.safetensors")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+# -- the load ---------------------------------------------------------------------------
+
+
+async def one_request(http: httpx.AsyncClient, url: str, user: str, prompt: str, args, stream):
+    body = {
+        "model": f"{BASE}:{user}",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+    }
+    began = time.perf_counter()
+    record = {"user": user, "prompt": prompt, "status": None, "ttft": None}
+    if not stream:
+        response = await http.post(f"{url}/v1/chat/completions", json=body)
+        record["status"] = response.status_code
+        if response.status_code == 200:
+            data = response.json()
+            record |= {
+                "text": data["choices"][0]["message"]["content"],
+                "model": data["model"],
+                "id": data["id"],
+                "tokens": data["usage"]["completion_tokens"],
+            }
+        record["latency"] = time.perf_counter() - began
+        return record
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    parts: list[str] = []
+    async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        record["status"] = response.status_code
+        if response.status_code != 200:
+            await response.aread()
+            record["latency"] = time.perf_counter() - began
+            return record
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            record["model"], record["id"] = chunk["model"], chunk["id"]
+            if chunk.get("usage"):
+                record["tokens"] = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices", []):
+                if choice["delta"].get("content"):
+                    record["ttft"] = record["ttft"] or time.perf_counter() - began
+                    parts.append(choice["delta"]["content"])
+    record["text"] = "".join(parts)
+    record["latency"] = time.perf_counter() - began
+    return record
+
+
+async def track_update(http, url, user, posted_at, event_id, deadline, updates) -> None:
+    """Poll the event until it is trained, then ask until the new version answers."""
+    entry = {"user": user, "event": event_id, "under_load_until": deadline}
+    updates.append(entry)
+    while time.perf_counter() < deadline + 240:
+        state = (await http.get(f"{url}/v1/feedback/{event_id}")).json()
+        if state["state"] != "pending":
+            entry |= {"state": state["state"], "version_status": state.get("version_status")}
+            if state["state"] != "trained" or state["version_status"] != "active":
+                return
+            want = f"{BASE}:{user}@{state['version']}"
+            body = {
+                "model": f"{BASE}:{user}",
+                "messages": [{"role": "user", "content": "How do I get to work?"}],
+                "max_tokens": 1,
+            }
+            answer = (await http.post(f"{url}/v1/chat/completions", json=body)).json()
+            if answer.get("model") == want:
+                entry["seconds"] = time.perf_counter() - posted_at
+                entry["answered_at"] = time.perf_counter()
+            return
+        await asyncio.sleep(0.25)
+
+
+async def load(url: str, clients: int, users: list[str], args, *, stream: bool, feedback: bool):
+    records: list[dict] = []
+    acked: list[str] = []
+    updates: list[dict] = []
+    trackers: list[asyncio.Task] = []
+    limits = httpx.Limits(max_connections=clients * 2 + 8)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        began = time.perf_counter()
+        deadline = began + args.duration
+
+        async def client(index: int) -> None:
+            rng = random.Random(args.seed * 1000 + index)
+            sent = 0
+            while time.perf_counter() < deadline:
+                user, prompt = rng.choice(users), rng.choice(PROMPTS)
+                record = await one_request(http, url, user, prompt, args, stream)
+                records.append(record)
+                sent += 1
+                posts = feedback and learns(user) and sent % args.feedback_every == 0
+                if posts and record["status"] == 200:
+                    body = {"completion_id": record["id"], "key": "edit", "correction": EDIT}
+                    posted = time.perf_counter()
+                    ack = await http.post(f"{url}/v1/feedback", json=body)
+                    if ack.status_code == 202:
+                        acked.append(ack.json()["id"])
+                        trackers.append(
+                            asyncio.create_task(
+                                track_update(
+                                    http, url, user, posted, ack.json()["id"], deadline, updates
+                                )
+                            )
+                        )
+
+        await asyncio.gather(*[client(i) for i in range(clients)])
+        wall = time.perf_counter() - began
+        if trackers:
+            await asyncio.wait(trackers, timeout=args.drain)
+        lost = 0
+        for event_id in acked:
+            if (await http.get(f"{url}/v1/feedback/{event_id}")).status_code != 200:
+                lost += 1
+    ok = [r for r in records if r["status"] == 200]
+    tokens = sum(r.get("tokens", 0) for r in ok)
+    seconds = [u["seconds"] for u in updates if "seconds" in u]
+    under_load = [u["seconds"] for u in updates if u.get("answered_at", 1e18) <= deadline]
+    summary = {
+        "clients": clients,
+        "requests": len(records),
+        "ok": len(ok),
+        "status_5xx": sum(1 for r in records if r["status"] >= 500),
+        "status_other": sum(1 for r in records if r["status"] not in (200,) and r["status"] < 500),
+        "wall_seconds": round(wall, 2),
+        "output_tokens": tokens,
+        "output_tokens_per_s": round(tokens / wall, 3),
+        "latency_p50_s": percentile([r["latency"] for r in ok], 0.5),
+        "latency_p99_s": percentile([r["latency"] for r in ok], 0.99),
+        "ttft_p50_s": percentile([r["ttft"] for r in ok if r["ttft"] is not None], 0.5),
+        "ttft_p99_s": percentile([r["ttft"] for r in ok if r["ttft"] is not None], 0.99),
+    }
+    if feedback:
+        summary["feedback"] = {
+            "acknowledged": len(acked),
+            "lost": lost,
+            "updates_tracked": len(updates),
+            "promoted_and_answered": len(seconds),
+            "refused_or_skipped": sum(1 for u in updates if u.get("state") and "seconds" not in u),
+            "unfinished": sum(1 for u in updates if not u.get("state")),
+            "to_new_version_p50_s": percentile(seconds, 0.5),
+            "to_new_version_max_s": percentile(seconds, 1.0),
+            "to_new_version_under_load_p50_s": percentile(under_load, 0.5),
+            "answered_under_load": len(under_load),
+        }
+    return summary, ok
+
+
+# -- servers ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], log: Path, url: str, *, learner: bool) -> subprocess.Popen:
+    process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited {process.returncode}; see {log}")
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=5)
+            if ready.status_code == 200 and (
+                not learner or ready.json().get("learner") == "running"
+            ):
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"no server at {url}; see {log}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def run_peer(home: Path, port: int) -> None:
+    """The FastAPI + PEFT server: per request, ``set_adapter`` + ``generate``, one at a time."""
+    import threading
+
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from peft import PeftModel
+
+    from adaptkit.base_model import load_base
+    from adaptkit.home import Home
+    from adaptkit.prompting import as_messages, encode_prompt, stop_token_ids
+    from adaptkit.registry import Registry
+
+    root = Home(home)
+    base = load_base(BASE, home=root)
+    registry = Registry(root.registry_url, root.adapters_dir)
+    state: dict = {"model": None}
+    lock = threading.Lock()
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        return {"model": "loaded"}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        user = body["model"].split(":", 1)[1]
+        version = registry.active_version(user)
+        name = f"{user}-v{version.number}"
+        ids = encode_prompt(base.tokenizer, as_messages(body["messages"]))
+        with lock, torch.inference_mode():
+            if state["model"] is None:
+                state["model"] = PeftModel.from_pretrained(
+                    base.model, str(version.blob_path), adapter_name=name
+                )
+            model = state["model"]
+            if name not in model.peft_config:
+                model.load_adapter(str(version.blob_path), adapter_name=name)
+            model.set_adapter(name)
+            output = model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=body.get("max_tokens", 16),
+                do_sample=False,
+                eos_token_id=stop_token_ids(base.tokenizer),
+                pad_token_id=base.tokenizer.pad_token_id or 0,
+            )
+        answer = output[0, len(ids) :].tolist()
+        text = base.tokenizer.decode(answer, skip_special_tokens=True).strip()
+        return {
+            "id": f"peft-{time.time_ns()}",
+            "model": f"{BASE}:{user}@{version.number}",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+            "usage": {"completion_tokens": len(answer), "prompt_tokens": len(ids)},
+        }
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# -- the ceiling and the isolation check ---------------------------------------------------
+
+
+def offline(home, answers: list[dict], args) -> tuple[dict, dict]:
+    """The engine's own batches on the same requests, and every answer checked against
+    the exact version it named, computed alone."""
+    from adaptkit.bank import Engine
+    from adaptkit.base_model import load_base
+    from adaptkit.registry import Registry
+    from adaptkit.router import Request
+
+    registry = Registry(home.registry_url, home.adapters_dir)
+    with Engine(load_base(BASE, home=home), registry, shared_dir=home.root / "none") as engine:
+        requests = [Request(a["prompt"], user=a["user"]) for a in answers[: args.ceiling_requests]]
+        for start_at in range(0, len(requests), args.max_batch):  # adapters into RAM first
+            engine.generate(requests[start_at : start_at + args.max_batch], max_new_tokens=1)
+        began, tokens = time.perf_counter(), 0
+        for start_at in range(0, len(requests), args.max_batch):
+            batch = requests[start_at : start_at + args.max_batch]
+            tokens += sum(
+                len(r.tokens) for r in engine.generate(batch, max_new_tokens=args.max_tokens)
+            )
+        wall = time.perf_counter() - began
+        ceiling = {
+            "requests": len(requests),
+            "output_tokens": tokens,
+            "wall_seconds": round(wall, 2),
+            "output_tokens_per_s": round(tokens / wall, 3),
+        }
+        rng = random.Random(args.seed)
+        sample = rng.sample(answers, min(args.isolation_sample, len(answers)))
+        wrong = []
+        for answer in sample:
+            number = int(answer["model"].rsplit("@", 1)[1])
+            alone = engine.generate(
+                [Request(answer["prompt"], user=answer["user"], version=number)],
+                max_new_tokens=args.max_tokens,
+            )[0].text
+            if alone != answer["text"] or not answer["model"].startswith(
+                f"{BASE}:{answer['user']}@"
+            ):
+                wrong.append({"user": answer["user"], "model": answer["model"]})
+    isolation = {"checked": len(sample), "cross_user_or_wrong": len(wrong), "wrong": wrong[:5]}
+    return ceiling, isolation
+
+
+def main() -> None:
+    parser = common_parser(__doc__)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--clients", default="8,32")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per phase")
+    parser.add_argument("--drain", type=float, default=90.0, help="wait for tracked updates")
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--feedback-every", type=int, default=2)
+    parser.add_argument("--ceiling-requests", type=int, default=64)
+    parser.add_argument("--isolation-sample", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peer", type=Path, default=None, help=argparse_hidden())
+    parser.add_argument("--port", type=int, default=0, help=argparse_hidden())
+    args = parser.parse_args()
+    if args.peer is not None:
+        run_peer(args.peer, args.port)
+        return
+    clients = [int(c) for c in args.clients.split(",")]
+    results: dict = {"config": {k: str(v) for k, v in vars(args).items()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        home, registry = scratch_home(root, args.model_cache)
+        from adaptkit.base_model import load_base
+
+        progress(f"publishing {args.users} users' adapters")
+        users = [f"user{i:03d}" for i in range(args.users)]
+        paths = make_adapters(load_base(BASE, home=home), root, args.users, 8, args.seed)
+        for user, path in zip(users, paths, strict=True):
+            if learns(user):
+                soften(path)
+            registry.publish(
+                user, path, method="bench", base_model=BASE, data_digest="0" * 64,
+                metrics={}, config={},
+            )  # fmt: skip
+        log = root / "servers.log"
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        progress("starting adaptkit serve")
+        ours = start(
+            [sys.executable, "-m", "adaptkit.cli.main", "serve", "--home", str(home.root),
+             "--port", str(port), "--no-auth", "--workers", "1", "--poll-seconds", "0.5",
+             "--max-batch", str(args.max_batch), "--max-queue", "1024"],
+            log, url, learner=True,
+        )  # fmt: skip
+        answers: list[dict] = []
+        try:
+            for n in clients:
+                progress(f"adaptkit serve, {n} clients")
+                summary, ok = asyncio.run(load(url, n, users, args, stream=True, feedback=True))
+                results.setdefault("adaptkit", {})[f"clients_{n}"] = summary
+                answers = ok
+                progress(json.dumps(summary))
+        finally:
+            stop(ours)
+        peer_port = free_port()
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        progress("starting the FastAPI + PEFT peer")
+        peer = start(
+            [sys.executable, __file__, "--json", "-", "--peer", str(home.root),
+             "--port", str(peer_port)],
+            log, peer_url, learner=False,
+        )  # fmt: skip
+        try:
+            for n in clients:
+                progress(f"FastAPI + PEFT, {n} clients")
+                summary, _ = asyncio.run(
+                    load(peer_url, n, users, args, stream=False, feedback=False)
+                )
+                results.setdefault("peft", {})[f"clients_{n}"] = summary
+                progress(json.dumps(summary))
+        finally:
+            stop(peer)
+        progress("the engine's offline batches, and the isolation check")
+        results["ceiling"], results["isolation"] = offline(home, answers, args)
+        results["server_log_tail"] = log.read_text(errors="replace")[-2000:]
+    most = f"clients_{max(clients)}"
+    ours_tps = results["adaptkit"][most]["output_tokens_per_s"]
+    peer_tps = results["peft"][most]["output_tokens_per_s"]
+    results["ratios"] = {
+        f"vs_peft_{most}": round(ours_tps / peer_tps, 3) if peer_tps else None,
+        f"vs_ceiling_{most}": round(ours_tps / results["ceiling"]["output_tokens_per_s"], 3),
+    }
+    feedback8 = results["adaptkit"].get("clients_8", {}).get("feedback", {})
+    errors = sum(p["status_5xx"] + p["status_other"] for p in results["adaptkit"].values())
+    lost = sum(p["feedback"]["lost"] for p in results["adaptkit"].values())
+    to_version = feedback8.get("to_new_version_p50_s")
+    results["floors"] = {
+        "tokens_per_s_vs_peft_at_32_ge_5": results["ratios"][f"vs_peft_{most}"] >= 5,
+        "tokens_per_s_vs_ceiling_ge_0.8": results["ratios"][f"vs_ceiling_{most}"] >= 0.8,
+        "errors_0": errors == 0,
+        "lost_feedback_0": lost == 0,
+        "cross_user_0": results["isolation"]["cross_user_or_wrong"] == 0,
+        "feedback_to_version_p50_at_8_le_10s": to_version is not None and to_version <= 10,
+    }
+    text = json.dumps(results, indent=2)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(text + "\n")
+    print(json.dumps({"ratios": results["ratios"], "floors": results["floors"]}, indent=2))
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""``adaptkit serve``: the OpenAI-compatible server that learns while it serves.
+
+adaptkit keys create --scope app            # prints a key once
+adaptkit serve --port 8000                  # http://127.0.0.1:8000/v1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from adaptkit.cli.options import base_option, build, home_option, options_from, quant_option
+from adaptkit.kit import AdaptKit
+from adaptkit.router import RoutingPolicy
+from adaptkit.serve import ServeConfig, Server, run
+
+db_option = click.option(
+    "--db",
+    default=None,
+    help="registry database, a SQLAlchemy URL [default: the home's SQLite file]",
+)
+
+
+@click.command()
+@options_from(ServeConfig)
+@click.option(
+    "--cold-start",
+    default=None,
+    help="answer users without an adapter with 'base' or this shared adapter (the response "
+    "says so) [default: such users are a 404]",
+)
+@base_option
+@quant_option
+@db_option
+@home_option
+def serve(
+    cold_start: str | None,
+    base: str,
+    quant: str,
+    db: str | None,
+    home: Path | None,
+    **values: Any,
+) -> None:
+    """Serve every user's model over OpenAI's API, and learn from their feedback."""
+    config = build(ServeConfig, values)  # validates every flag before the model loads
+    policy = None
+    if cold_start is not None:
+        shared = None if cold_start == "base" else cold_start
+        policy = RoutingPolicy(cold_start=shared, unknown_users="cold_start")
+    kit = AdaptKit(home, base=base, quant=quant, db=db, policy=policy)
+    with kit, Server(kit, config) as server:
+        run(server)

@@ -1,0 +1,112 @@
+"""The engine's step-wise decode (continuous batching) on the tiny model: rows that join a
+running batch late, leave early or are retired get the answer they get alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bank_support import make_lora_dir, publish_dir
+
+from adaptkit.bank import Engine, Sampling, SessionRow
+from adaptkit.base_model import load_base
+from adaptkit.errors import InputError, UnknownUserError
+from adaptkit.home import Home
+from adaptkit.registry import Registry
+from adaptkit.router import Request
+
+PROMPTS = [
+    "How long does it take me to get to the library?",
+    "What should I cook for dinner tonight?",
+    "What is the capital of France?",
+    "weather station airport",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("session-world")
+    home = Home(root / "home").ensure()
+    registry = Registry(home.registry_url, home.adapters_dir)
+    base = load_base(str(tiny_model_dir), home=home)
+    for seed, user in enumerate(("alice", "bob", "carol"), start=1):
+        adapter = make_lora_dir(base.model, root / "src" / user, seed=seed, rank=2 + 2 * seed)
+        publish_dir(registry, user, adapter, str(tiny_model_dir))
+    with Engine(base, registry, shared_dir=root / "shared") as opened:
+        yield opened
+
+
+def alone(engine: Engine, request: Request, tokens: int) -> list[int]:
+    return engine.generate([request], max_new_tokens=tokens)[0].tokens
+
+
+def drain(session, rows: list[SessionRow]) -> None:
+    while any(row.finish is None for row in rows):
+        session.step()
+
+
+def test_rows_joining_and_leaving_get_their_answer_alone(engine: Engine) -> None:
+    users = ["alice", None, "bob", "carol", "alice", None, "bob"]
+    lengths = [12, 5, 9, 14, 3, 11, 7]
+    requests = [Request(PROMPTS[i % 4], user=u) for i, u in enumerate(users)]
+    expected = [alone(engine, r, n) for r, n in zip(requests, lengths, strict=True)]
+    assert len({tuple(e) for e in expected}) > 4  # the adapters really answer differently
+
+    session = engine.session()
+    rows: list[SessionRow] = []
+    widths = []
+    for request, length in zip(requests, lengths, strict=True):
+        # One newcomer between every two steps, while the others are mid-answer.
+        (row,) = session.admit([(request, Sampling(max_new_tokens=length))])
+        rows.append(row)
+        session.step()
+        session.step()
+        widths.append(len(session.rows))
+    drain(session, rows)
+    assert [row.tokens for row in rows] == expected
+    assert [row.finish for row in rows] == ["length"] * len(rows)
+    assert max(widths) > 1 and not session.rows  # rows shared steps, and all left
+
+
+def test_a_retired_row_leaves_and_the_others_are_unaffected(engine: Engine) -> None:
+    requests = [Request(PROMPTS[0], user="alice"), Request(PROMPTS[1], user="bob")]
+    expected = alone(engine, requests[1], 10)
+    session = engine.session()
+    gone, kept = session.admit([(r, Sampling(max_new_tokens=10)) for r in requests])
+    session.step()
+    session.retire([gone])
+    assert gone.finish == "retired" and session.rows == [kept]
+    drain(session, [kept])
+    assert kept.tokens == expected
+    assert not any(engine.bank.cache.pinned(key) for key in gone.pinned)
+
+
+def test_bad_rows_are_errors_and_the_good_ones_run(engine: Engine) -> None:
+    session = engine.session()
+    too_long = "airport " * 600
+    outcome = session.admit(
+        [
+            (Request(PROMPTS[0], user="nobody"), Sampling()),
+            (Request(PROMPTS[0], user="alice"), Sampling(max_new_tokens=4)),
+            (Request(too_long), Sampling()),
+            (Request(PROMPTS[0]), Sampling(temperature=-1, top_p=0)),
+        ]
+    )
+    assert isinstance(outcome[0], UnknownUserError)
+    assert isinstance(outcome[1], SessionRow)
+    assert isinstance(outcome[2], InputError) and "context of 512 tokens" in str(outcome[2])
+    assert "temperature" in str(outcome[3]) and "top_p" in str(outcome[3])
+    drain(session, [outcome[1]])
+    assert outcome[1].tokens == alone(engine, Request(PROMPTS[0], user="alice"), 4)
+
+
+def test_sampling_with_a_seed_repeats_and_differs_from_greedy(engine: Engine) -> None:
+    request = Request(PROMPTS[2], user="carol")
+    sampled = []
+    for _ in range(2):
+        session = engine.session()
+        (row,) = session.admit([(request, Sampling(12, temperature=1.5, top_p=0.95, seed=7))])
+        drain(session, [row])
+        sampled.append(row.tokens)
+    assert sampled[0] == sampled[1]
+    assert sampled[0] != alone(engine, request, 12)
