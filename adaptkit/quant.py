@@ -201,7 +201,7 @@ def _layer_index(name: str) -> int:
     """The decoder layer a module belongs to (``model.layers.7.mlp.up_proj`` -> 7);
     modules outside the layers (``lm_head``) count as above them all."""
     parts = name.split(".")
-    for before, part in zip(parts, parts[1:]):
+    for before, part in zip(parts, parts[1:], strict=False):
         if before == "layers" and part.isdigit():
             return int(part)
     return 1 << 30
