@@ -39,7 +39,7 @@ from transformers import (
 
 from adaptkit.errors import BaseModelNotFoundError, InputError
 from adaptkit.home import Home
-from adaptkit.quant import quantize_int8, resident_bytes
+from adaptkit.quant import calibration_ids, quantize_int8, resident_bytes
 
 Quant = Literal["none", "int8", "nf4", "bnb-int8"]
 # int8: PyTorch's own int8 kernels (adaptkit.quant). adaptkit loads bases on the CPU,
@@ -161,7 +161,7 @@ def _load_directory(path: Path, quant: str) -> tuple[PreTrainedModel, PreTrained
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
-    return _quantized(model, quant), tokenizer
+    return _quantized(model, tokenizer, quant), tokenizer
 
 
 def _load_hub(hf_id: str, quant: str, *, offline: bool):
@@ -172,12 +172,14 @@ def _load_hub(hf_id: str, quant: str, *, offline: bool):
     )
     tokenizer = AutoTokenizer.from_pretrained(hf_id, local_files_only=offline)
     model.eval()
-    return _quantized(model, quant), tokenizer
+    return _quantized(model, tokenizer, quant), tokenizer
 
 
-def _quantized(model: PreTrainedModel, quant: str) -> PreTrainedModel:
+def _quantized(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, quant: str
+) -> PreTrainedModel:
     if backend_of(quant, _device(model)).startswith("torch"):
-        quantize_int8(model)
+        quantize_int8(model, calibration=calibration_ids(tokenizer))
     return model
 
 

@@ -180,3 +180,36 @@ def test_trainer_slot_on_an_int8_base_trains_its_top_layers_in_fp32(
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     assert all(torch.equal(a, b) for a, b in zip(before, slot.snapshot(), strict=True))
+
+
+def test_smoothing_moves_outliers_into_weights_and_keeps_the_function() -> None:
+    linear = _linear(4)
+    x = torch.randn(6, 64)
+    x[:, 3] *= 50  # an outlier channel, as LLM activations have
+    plain = Int8Linear.from_linear(linear)
+    smooth = (x.abs().amax(0) / linear.weight.abs().amax(0)).sqrt()
+    smoothed = Int8Linear.from_linear(linear, smooth)
+    exact = linear(x)
+    error = {
+        name: ((layer(x) - exact).abs().amax() / exact.abs().amax()).item()
+        for name, layer in (("plain", plain), ("smoothed", smoothed))
+    }
+    assert error["smoothed"] < error["plain"] and error["smoothed"] < 0.03, error
+    # Its served weights (what the trainer and to_linear use) are the unsmoothed function.
+    assert torch.allclose(
+        smoothed.to_linear()(x), exact, rtol=0.03, atol=0.03 * exact.abs().max().item()
+    )
+    row = x[:1]
+    assert torch.equal(smoothed(torch.cat([x * 100, row]))[-1], smoothed(row)[0])
+
+
+def test_loaded_int8_base_is_smoothed_on_fixed_calibration_chats(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    home = Home(tmp_path / "home").ensure()
+    first = load_base(str(tiny_model_dir), home=home, quant="int8")
+    again = load_base(str(tiny_model_dir), home=home, quant="int8")
+    name = "model.layers.0.mlp.down_proj"
+    factors = first.model.get_submodule(name).smooth
+    assert not torch.equal(factors, torch.ones_like(factors))
+    assert torch.equal(factors, again.model.get_submodule(name).smooth)  # same every load
