@@ -100,12 +100,13 @@ def measure_step(base, args) -> dict:
     }
 
 
-def greedy(base, registry, prompts: list[str], tokens: int) -> tuple[list[list[int]], bool]:
-    """Base-only answers in one mixed-length batch, and whether each equals its row alone."""
+def greedy(base, registry, prompts: list[str], tokens: int) -> tuple[list[list[int]], float]:
+    """Base-only answers in one mixed-length batch, and the fraction of its first 8 rows
+    whose answer equals the same request alone (padding and prefix split differ)."""
     with Engine(base, registry) as engine:
         batch = engine.generate([Request(p) for p in prompts], max_new_tokens=tokens)
-        alone = [engine.generate([Request(p)], max_new_tokens=tokens)[0] for p in prompts[:6]]
-    same = all(a.tokens == b.tokens for a, b in zip(alone, batch, strict=False))
+        alone = [engine.generate([Request(p)], max_new_tokens=tokens)[0] for p in prompts[:8]]
+    same = sum(a.tokens == b.tokens for a, b in zip(alone, batch, strict=False)) / len(alone)
     return [r.tokens for r in batch], same
 
 
@@ -168,7 +169,7 @@ def main() -> None:
             entry["adapters_in_fp32_ram"] = (budget - base.footprint_bytes) // adapter_bytes
             entry["tokens_per_s"] = measure_engine(base, registry, users, prompts, args)
             if quant == "none":
-                entry["parity"] = {"row_alone_equals_row_in_batch": reference_same}
+                entry["parity"] = {"rows_alone_equal_in_padded_batch": reference_same}
             else:
                 answers, same = greedy(base, registry, prompts, args.new_tokens)
                 changed = [p for p, a, b in zip(prompts, answers, reference, strict=True) if a != b]
@@ -176,7 +177,7 @@ def main() -> None:
                     "answers_equal_fp32": round(1 - len(changed) / len(prompts), 4),
                     "changed": changed,
                     "top1_agreement": top1_agreement(base, fp32.model, prompts, reference),
-                    "row_alone_equals_row_in_batch": same,
+                    "rows_alone_equal_in_padded_batch": same,
                 }
             progress(f"{quant}: online step")
             step_base = load_base(BASE, home=home, quant=quant)  # the trainer's own copy
