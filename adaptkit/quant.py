@@ -3,25 +3,26 @@
 ``quantize_int8(model)`` replaces the base's linear layers (all but the ones kept in
 fp32, ``lm_head`` by default) with ``Int8Linear``:
 
-- weights: symmetric int8, one scale per output channel (row of W), packed once for
-  PyTorch's fbgemm kernels (``quantized::linear_dynamic``);
+- weights: symmetric int8, one scale per output channel, packed once for PyTorch's
+  fbgemm kernels (``quantized::linear_dynamic``); SmoothQuant factors per input channel
+  from fixed calibration chats (``calibration_ids``) move activation outliers into them;
 - activations: symmetric, one scale per token (its absolute maximum), never one scale
   per tensor. ``linear_dynamic`` derives its activation scale from the whole input's
-  range, which would make a row's result depend on the other rows of its batch (a
-  left-padded row's logits moved by up to 14% that way). So each token is divided by
-  its own absolute maximum and two constant columns, +1 and -1, are appended (their
-  weights are zero): every input then spans exactly [-1, 1], the kernel's scale is the
-  same for every batch, and a user's answer never depends on who else is in it.
+  range, which would make a row's result depend on the other rows of its batch. So each
+  token is divided by its own absolute maximum and two constant columns, +1 and -1, are
+  appended (their weights are zero): every input then spans exactly [-1, 1], the
+  kernel's scale is the same for every batch, and a row's result is bitwise a function
+  of that row alone.
 
 bitsandbytes' int8 is built for GPUs: on this CPU it is 2.2x slower than fp32, while
-these kernels are faster (``benchmarks/quant.py``). So ``--quant int8`` on a CPU means
-this backend; ``--quant bnb-int8`` keeps bitsandbytes (``backend_of``).
+these kernels are faster (``benchmarks/quant.py``). So ``--quant int8`` means this
+backend; ``--quant bnb-int8`` keeps bitsandbytes (``base_model.backend_of``).
 
 Training through an ``Int8Linear``: the forward is the int8 kernel; the backward
-multiplies by the dequantized weight (``scale * q``), i.e. the gradient is exact for
-the weights actually served, with the activation rounding passed straight through.
-``Int8Linear.to_linear`` gives an fp32 ``nn.Linear`` with exactly those weights, which
-is what the trainer's slot uses for the layers it adapts (``dequantize_from``).
+multiplies by the dequantized weight, i.e. the gradient is exact for the weights actually
+served, with the activation rounding passed straight through. ``Int8Linear.to_linear``
+gives an fp32 ``nn.Linear`` with exactly those weights, which is what the trainer's slot
+uses for the layers it adapts (``dequantize_from``). docs/quant.md has the numbers.
 """
 
 from __future__ import annotations
