@@ -3,6 +3,7 @@ the adapter delta on top of it (PEFT parity), training through it, loading."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,24 @@ def test_loaded_int8_base_is_smoothed_on_fixed_calibration_chats(
     factors = first.model.get_submodule(name).smooth
     assert not torch.equal(factors, torch.ones_like(factors))
     assert torch.equal(factors, again.model.get_submodule(name).smooth)  # same every load
+
+
+def test_base_info_names_the_kernels(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from adaptkit.cli.main import main
+
+    home = str(tmp_path / "home")
+    runner = CliRunner()
+    described = {
+        quant: json.loads(
+            runner.invoke(
+                main, ["base", "info", str(tiny_model_dir), "--quant", quant, "--home", home]
+            ).stdout
+        )  # fmt: skip
+        for quant in ("none", "int8")
+    }
+    assert described["none"]["backend"] == "fp32"
+    assert described["int8"]["backend"].startswith("torch-int8")
+    bad = runner.invoke(main, ["base", "info", str(tiny_model_dir), "--quant", "int4"])
+    assert bad.exit_code == 2 and "--quant" in bad.output and "bnb-int8" in bad.output
