@@ -235,3 +235,30 @@ def test_base_info_names_the_kernels(tiny_model_dir: Path, tmp_path: Path) -> No
     assert described["int8"]["backend"].startswith("torch-int8")
     bad = runner.invoke(main, ["base", "info", str(tiny_model_dir), "--quant", "int4"])
     assert bad.exit_code == 2 and "--quant" in bad.output and "bnb-int8" in bad.output
+
+
+def test_online_split_forward_runs_its_frozen_bottom_int8(tmp_path: Path) -> None:
+    """The online trainer's fast path: the bottom states (int8) cached, the top fp32."""
+    from adaptkit.learning import encode_rows, losses
+    from tiny_model import make_tiny_model_dir
+
+    path = make_tiny_model_dir(tmp_path / "deep", layers=4)
+    base = load_base(str(path), home=Home(tmp_path / "home").ensure(), quant="int8")
+    slot = AdapterSlot(base, LoraSpec(rank=4, top_layers=2))
+    remaining = int8_layers(slot.model.base_model.model)
+    assert len(remaining) == 14 and {n.split(".")[2] for n in remaining} == {"0", "1"}
+    torch.manual_seed(0)
+    for parameter in slot.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    rows = [(({"role": "user", "content": p},), "By bicycle, 12 minutes.") for p in PROMPTS]
+    encoded = encode_rows(base.tokenizer, rows, 64)
+    first = slot.scored(encoded)
+    again = slot.scored(encoded)  # from the cached bottom states
+    assert slot.forward.hits == len(rows)
+    assert torch.equal(first.logits, again.logits)
+    plain = slot.logits(encoded)[:, :-1][encoded.labels[:, 1:] != -100]
+    scale = plain.abs().max()
+    assert (first.logits - plain).abs().max() < 0.05 * scale  # packed vs padded int8 bottom
+    sums, counts = slot.scored(encoded).sequence_logps()
+    losses.sft_loss(sums, counts).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in slot.parameters())
