@@ -39,9 +39,12 @@ from transformers import (
 
 from adaptkit.errors import BaseModelNotFoundError, InputError
 from adaptkit.home import Home
+from adaptkit.quant import calibration_ids, quantize_int8, resident_bytes
 
-Quant = Literal["none", "int8", "nf4"]
-QUANT_CHOICES: tuple[Quant, ...] = ("none", "int8", "nf4")
+Quant = Literal["none", "int8", "nf4", "bnb-int8"]
+# int8: PyTorch's own int8 kernels (adaptkit.quant). adaptkit loads bases on the CPU,
+# where bitsandbytes' int8 (bnb-int8) is 2.2x slower than fp32; it is kept for GPUs.
+QUANT_CHOICES: tuple[Quant, ...] = ("none", "int8", "nf4", "bnb-int8")
 DEFAULT_BASE = "smollm2-135m-instruct"
 SOURCE_FILE = "adaptkit-source.json"
 
@@ -112,13 +115,38 @@ class BaseModel:
 
     @property
     def footprint_bytes(self) -> int:
+        if self.backend.startswith("torch"):
+            return resident_bytes(self.model)  # packed int8 weights are not parameters
         return int(self.model.get_memory_footprint())
+
+    @property
+    def backend(self) -> str:
+        """Which kernels run the base's linear layers (``adaptkit base info``, plans)."""
+        return backend_of(self.quant, _device(self.model))
+
+
+def _device(model: PreTrainedModel) -> str:
+    return next(model.parameters()).device.type
+
+
+def backend_of(quant: str, device: str = "cpu") -> str:
+    """The kernels ``quant`` means on ``device``: ``--quant int8`` is PyTorch's fbgemm int8
+    on a CPU (bitsandbytes' int8 is built for GPUs, ``bnb-int8`` asks for it)."""
+    if quant == "none":
+        return "fp32"
+    if quant == "int8" and device == "cpu":
+        return "torch-int8 (fbgemm; per-channel weights, per-token activations; lm_head fp32)"
+    if quant in ("int8", "bnb-int8"):
+        return "bitsandbytes-int8"
+    return f"bitsandbytes-{quant}"
 
 
 def quantization_config(quant: str) -> BitsAndBytesConfig | None:
     if quant == "none":
         return None
     if quant == "int8":
+        return None  # loaded fp32, then quantized by adaptkit.quant (_quantized)
+    if quant == "bnb-int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     if quant == "nf4":
         return BitsAndBytesConfig(
@@ -133,7 +161,7 @@ def _load_directory(path: Path, quant: str) -> tuple[PreTrainedModel, PreTrained
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
-    return model, tokenizer
+    return _quantized(model, tokenizer, quant), tokenizer
 
 
 def _load_hub(hf_id: str, quant: str, *, offline: bool):
@@ -144,7 +172,15 @@ def _load_hub(hf_id: str, quant: str, *, offline: bool):
     )
     tokenizer = AutoTokenizer.from_pretrained(hf_id, local_files_only=offline)
     model.eval()
-    return model, tokenizer
+    return _quantized(model, tokenizer, quant), tokenizer
+
+
+def _quantized(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, quant: str
+) -> PreTrainedModel:
+    if backend_of(quant, _device(model)).startswith("torch"):
+        quantize_int8(model, calibration=calibration_ids(tokenizer))
+    return model
 
 
 def convert_gguf(gguf_path: Path, target: Path, provenance: dict[str, str]) -> Path:

@@ -62,6 +62,7 @@ def _describe_base(kit: AdaptKit) -> dict[str, Any]:
         "source": loaded.source,
         "path": str(loaded.path) if loaded.path else None,
         "quant": loaded.quant,
+        "backend": loaded.backend,
         "architecture": type(loaded.model).__name__,
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
         "layers": config.num_hidden_layers,

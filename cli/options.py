@@ -143,5 +143,6 @@ quant_option = click.option(
     type=click.Choice(QUANT_CHOICES),
     default="none",
     show_default=True,
-    help="quantize the base model on load (bitsandbytes)",
+    help="quantize the base model on load: int8 = PyTorch int8 kernels (fast on a CPU), "
+    "nf4 / bnb-int8 = bitsandbytes",
 )

@@ -110,7 +110,9 @@ class Engine:
             verify_sha256=verify_sha256,
         )
         try:
-            self.router = Router(self.bank, policy, merge_refusal=merge_refusal(base.quant))
+            self.router = Router(
+                self.bank, policy, merge_refusal=merge_refusal(base.quant), base=base.backend
+            )
         except BaseException:
             self.close()
             raise

@@ -1,7 +1,8 @@
 """The batched multi-adapter linear layer (Punica/S-LoRA's BGMV idea, on CPU).
 
-Each LoRA-targetable linear of the base model (``nn.Linear``, and bitsandbytes'
-``Linear8bitLt`` / ``Linear4bit``, both subclasses of it) is wrapped once. The
+Each LoRA-targetable linear of the base model (``nn.Linear``, bitsandbytes'
+``Linear8bitLt`` / ``Linear4bit``, both subclasses of it, and ``adaptkit.quant``'s
+``Int8Linear``) is wrapped once. The
 wrapper computes the base projection once for the whole batch and adds each
 row's low-rank delta:
 
@@ -24,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from adaptkit.bank.adapter import ModuleShape
+from adaptkit.quant import Int8Linear
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class RowDeltas:
 class MultiLoraLinear(nn.Module):
     """A base linear layer plus the current batch's per-row low-rank deltas."""
 
-    def __init__(self, base: nn.Linear) -> None:
+    def __init__(self, base: nn.Linear | Int8Linear) -> None:
         super().__init__()
         self.base = base
         self.shape = ModuleShape(base.in_features, base.out_features)
@@ -72,7 +74,7 @@ class MultiLoraLinear(nn.Module):
 
 
 def _is_adaptable(name: str, module: nn.Module, skip: frozenset[str]) -> bool:
-    return isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in skip
+    return isinstance(module, (nn.Linear, Int8Linear)) and name.rsplit(".", 1)[-1] not in skip
 
 
 def adaptable_shapes(

@@ -19,6 +19,7 @@ from adaptkit.base_model import BaseModel
 from adaptkit.learning.encoding import Encoded
 from adaptkit.learning.lora import LoraSpec
 from adaptkit.learning.scoring import BottomCache, Scored, SplitForward
+from adaptkit.quant import dequantize_from
 from adaptkit.registry import VersionInfo
 
 ADAPTER = "default"
@@ -30,6 +31,13 @@ def _shape(config: LoraConfig) -> tuple:
     return (config.r, float(config.lora_alpha), tuple(sorted(config.target_modules or ())), layers)
 
 
+def _fp32_from(model: torch.nn.Module, first_layer: int) -> None:
+    """On an int8 base (``adaptkit.quant``): the layers from the lowest adapted one up
+    compute in fp32 with the served int8 weights dequantized, so PEFT wraps them and
+    gradients are exact for those weights; the frozen bottom keeps its int8 kernels."""
+    dequantize_from(model, first_layer)
+
+
 class AdapterSlot:
     """One trainable LoRA adapter on the trainer's base model."""
 
@@ -38,6 +46,8 @@ class AdapterSlot:
     ) -> None:
         self.base = base
         self.spec = spec
+        layers = spec.layers(base.model)
+        _fp32_from(base.model, min(layers) if layers else 0)
         self.fresh_config = spec.peft_config(base.model)
         self.model: PeftModel = get_peft_model(base.model, self.fresh_config)
         self.config = self.fresh_config
@@ -58,6 +68,8 @@ class AdapterSlot:
             bias="none",
             task_type="CAUSAL_LM",
         )
+        layers = _shape(config)[3]
+        _fp32_from(self.base.model, min(layers) if layers else 0)
         self.model = get_peft_model(self.base.model, config)
         self.config = config
         self.forward.model = self.model  # same base weights: its cached bottoms stay valid

@@ -33,10 +33,11 @@ class Plan:
     user: str | None
     adapters: tuple[PlannedAdapter, ...]
     reason: str
+    base: str = "fp32"  # the base's kernels (BaseModel.backend), set by the router
 
     def describe(self) -> str:
         adapters = " + ".join(a.describe() for a in self.adapters) or "no adapter"
-        return f"{self.kind}: {adapters} ({self.reason})"
+        return f"{self.kind}: {adapters} ({self.reason}) on base {self.base}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,4 +54,5 @@ class Plan:
                 for a in self.adapters
             ],
             "reason": self.reason,
+            "base": self.base,
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -39,9 +40,12 @@ class Router:
         policy: RoutingPolicy | None = None,
         *,
         merge_refusal: str | None = None,
+        base: str = "fp32",
     ) -> None:
-        """``merge_refusal``: why this base cannot be merged into (None: it can)."""
+        """``merge_refusal``: why this base cannot be merged into (None: it can).
+        ``base``: the base's kernels (``BaseModel.backend``), named in every plan."""
         self.catalog = catalog
+        self.base = base
         self.policy = policy or RoutingPolicy()
         self.merge_refusal = merge_refusal
         if self.policy.cold_start is not None:
@@ -136,6 +140,7 @@ class Router:
                     )
                     for p in good
                 ]
+        plans = [replace(p, base=self.base) if isinstance(p, Plan) else p for p in plans]
         for index, plan in enumerate(plans):
             if isinstance(plan, Plan):
                 logger.info("request %d (user %r): %s", index, plan.user, plan.describe())

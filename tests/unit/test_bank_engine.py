@@ -161,9 +161,10 @@ def test_uniform_batch_uses_the_cached_tensors_without_copying(world: World) -> 
         assert all(w.delta is None for w in engine.wrappers.values())
 
 
-def test_int8_base_matches_peft(world: World) -> None:
+def test_bitsandbytes_int8_base_matches_peft(world: World) -> None:
     # nf4 needs layers wider than its 64-value blocks: tested on SmolLM2 (integration).
-    quant = "int8"
+    # PyTorch's int8 (--quant int8), which PEFT cannot wrap: tests/unit/test_quant.py.
+    quant = "bnb-int8"
     requests = [Request(PROMPTS[0], user="alice"), Request(PROMPTS[0], user="bob")]
     with world.engine(quant) as engine:
         results = engine.generate(requests, max_new_tokens=TOKENS)
