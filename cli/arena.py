@@ -18,6 +18,7 @@ from adaptkit.cli.options import (
     method_option,
     options_from,
     quant_option,
+    registry_options,
 )
 from adaptkit.errors import InputError
 from adaptkit.learning import LoraSpec
@@ -80,6 +81,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     help="adaptkit home for the run's registry and adapters [default: OUT/home, its "
     "converted base model linked from $ADAPTKIT_HOME or ~/.adaptkit]",
 )
+@registry_options
 @click.option(
     "--retriever",
     type=click.Choice(RETRIEVERS),

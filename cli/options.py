@@ -122,14 +122,20 @@ _blobs = click.option(
     default=None,
     expose_value=False,
     callback=_as_environment(BLOBS_ENV_VAR),
-    help="adapter blob store directory [default: $ADAPTKIT_BLOBS, else HOME/adapters]",
+    help="adapter blob store: a directory, or s3://BUCKET/PREFIX shared by machines "
+    "[default: $ADAPTKIT_BLOBS, else HOME/adapters]",
 )
 
 
+def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--db`` and ``--blobs``: where the registry lives (the same as setting
+    $ADAPTKIT_DB / $ADAPTKIT_BLOBS), for commands with a ``--home`` of their own."""
+    return _db(_blobs(command))
+
+
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--home`` (passed on as ``home``) and where its registry lives: ``--db`` and
-    ``--blobs`` (the same as setting $ADAPTKIT_DB / $ADAPTKIT_BLOBS)."""
-    return _home(_db(_blobs(command)))
+    """``--home`` (passed on as ``home``) and ``registry_options``."""
+    return _home(registry_options(command))
 
 
 base_option = click.option(
