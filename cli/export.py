@@ -14,7 +14,7 @@ from adaptkit.cli.options import base_option, home_option
 from adaptkit.errors import InputError
 from adaptkit.export import converted_base_shapes, export_version
 from adaptkit.home import Home
-from adaptkit.registry import Registry
+from adaptkit.registry import open_registry
 from adaptkit.user_ids import validate_user_id
 
 _TARGET = re.compile(r"^(?P<user>[^@]+)(@v?(?P<number>[0-9]+))?$")
@@ -50,7 +50,7 @@ def export(target: str, out: Path, served_base: str | None, base: str, home: Pat
     LoRAX and SGLang load as it is, named USER@vN on the engine."""
     user, number = parse_target(target)
     resolved = Home.resolve(home)
-    registry = Registry(resolved.registry_url, resolved.adapters_dir)
+    registry = open_registry(resolved)
     if number is None:
         version = registry.active_version(user)
         if version is None:

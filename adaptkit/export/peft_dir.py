@@ -15,7 +15,7 @@ export writes an adapter that needs nothing else:
   the other layers, which engines (and PEFT, whose missing B starts at zero) treat as
   a zero delta there;
 - every tensor name checked against the base's modules and shapes, and the blob
-  checked against its sha256, before anything is written.
+  (weights and config) checked against its digests, before anything is written.
 
 What the subset cannot express (DoRA, biases, ``modules_to_save``...) is refused with
 the reason; ``read_adapter`` already refuses it for serving, so a stored version
@@ -90,12 +90,14 @@ def export_version(
             f"--to {out} already exists and is not the export of {label}; "
             "choose a new directory or remove it"
         )
+    registry.fetch(version)  # from the shared object store, when there is one
     weights = read_adapter(
         version.blob_path,
         label=label,
         shapes=shapes,
         base_aliases=frozenset({version.base_model}),
         expected_sha256=version.blob_sha256,
+        expected_config_sha256=version.config_sha256,
     )
     tensors, rank, alpha, changes = _uniform(weights.modules)
     targets = tuple(sorted({module.rsplit(".", 1)[-1] for module in weights.modules}))

@@ -14,6 +14,7 @@ Loaded by vLLM's plugin system through the ``vllm.general_plugins`` entry point
 
 ``ADAPTKIT_VLLM_SERVED_BASE``  the name vLLM serves the base under (its ``--model``); required
 ``ADAPTKIT_HOME``              the adaptkit home (registry, blobs, converted base model)
+``ADAPTKIT_DB``, ``ADAPTKIT_BLOBS``  where the registry lives, when not in the home
 ``ADAPTKIT_BASE``              the adaptkit base model name (default smollm2-135m-instruct)
 ``ADAPTKIT_VLLM_CACHE``        where exports are materialized (default HOME/vllm-adapters)
 """
@@ -33,7 +34,7 @@ from adaptkit.export.names import parse_versioned_name
 from adaptkit.export.peft_dir import export_version
 from adaptkit.export.shapes import converted_base_shapes
 from adaptkit.home import Home
-from adaptkit.registry import Registry
+from adaptkit.registry import Registry, open_registry
 
 RESOLVER_NAME = "adaptkit"
 
@@ -87,7 +88,7 @@ def resolver_from_environment() -> AdaptkitResolver:
     home = Home.resolve()
     cache = Path(os.environ.get("ADAPTKIT_VLLM_CACHE") or home.root / "vllm-adapters")
     shapes = converted_base_shapes(os.environ.get("ADAPTKIT_BASE") or DEFAULT_BASE, home)
-    registry = Registry(home.registry_url, home.adapters_dir)
+    registry = open_registry(home)
     return AdaptkitResolver(registry, served_base=served_base, cache_dir=cache, shapes=shapes)
 
 

@@ -48,6 +48,7 @@ from adaptkit.registry.schema import (
     FeedbackEventRow,
     LeaseRow,
     RequestRow,
+    ServedCompletionRow,
     UserRow,
     utc_now,
 )
@@ -538,6 +539,14 @@ class Registry:
             session.flush()
             counts = {
                 "feedback_events": _delete(session, FeedbackEventRow, user_id),
+                # The ids the server handed out for the user's completions point at them.
+                "served_completions": session.execute(
+                    delete(ServedCompletionRow).where(
+                        ServedCompletionRow.request_id.in_(
+                            select(RequestRow.id).where(RequestRow.user_id == user_id)
+                        )
+                    )
+                ).rowcount,
                 "requests": _delete(session, RequestRow, user_id),
             }
             session.execute(

@@ -115,6 +115,10 @@ class FeedbackEventRow(Base):
     """One feedback event. Written and committed before it is acknowledged."""
 
     __tablename__ = "feedback_events"
+    # A retried POST carrying the same idempotency key finds the event the first made.
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_feedback_events_idempotency"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
@@ -130,11 +134,7 @@ class FeedbackEventRow(Base):
     consumed_by_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("adapter_versions.id"), nullable=True
     )
-
-
-# ---- serve: rows of the HTTP server (adaptkit.serve) --------------------------------------
-# API keys, the completion ids the server hands out, and an idempotency key on feedback
-# events (a retried POST finds its first event). Kept in one block for the migration.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class ApiKeyRow(Base):
@@ -162,9 +162,3 @@ class ServedCompletionRow(Base):
     request_id: Mapped[int] = mapped_column(ForeignKey("feedback_requests.id"), index=True)
     model: Mapped[str] = mapped_column(String(320))  # the exact model that answered
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
-
-
-FeedbackEventRow.idempotency_key = mapped_column(String(128), nullable=True)
-FeedbackEventRow.__table__.append_constraint(
-    UniqueConstraint("user_id", "idempotency_key", name="uq_feedback_events_idempotency")
-)

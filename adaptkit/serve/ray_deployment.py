@@ -11,7 +11,8 @@ forward.
 
 Run it with Ray's CLI (``args`` become the builder's keyword arguments)::
 
-    serve run adaptkit.serve.ray_deployment:app_builder home=/srv/adaptkit replicas=2
+    serve run adaptkit.serve.ray_deployment:app_builder home=/srv/adaptkit replicas=2 \
+        db=postgresql+psycopg://adaptkit@db/adaptkit blobs=s3://adapters/prod
 
 and send OpenAI requests to Ray's proxy with the user in both places::
 
@@ -52,8 +53,12 @@ class AdaptkitReplica:
         base: str = DEFAULT_BASE,
         max_batch: int = 32,
         workers: int = 0,
+        db: str | None = None,
+        blobs: str | None = None,
     ) -> None:
-        self.kit = AdaptKit(home, base=base)
+        # db / blobs: the registry every replica shares (None: $ADAPTKIT_DB /
+        # $ADAPTKIT_BLOBS of the replica's process, else the home's own).
+        self.kit = AdaptKit(home, base=base, db=db, blobs=blobs)
         # Ray's proxy is the front door (bind, auth at the proxy or gateway); the app
         # behind it is reached only through Ray.
         config = ServeConfig(no_auth=True, max_batch=max_batch, workers=workers)
@@ -96,8 +101,8 @@ class AdaptkitReplica:
 
 def app_builder(args: dict[str, str]) -> Application:
     """``serve run adaptkit.serve.ray_deployment:app_builder home=DIR [base=NAME]
-    [replicas=2] [max_batch=32] [workers=0]``."""
-    known = {"home", "base", "replicas", "max_batch", "workers"}
+    [replicas=2] [max_batch=32] [workers=0] [db=URL] [blobs=URL]``."""
+    known = {"home", "base", "replicas", "max_batch", "workers", "db", "blobs"}
     unknown = sorted(set(args) - known)
     if unknown or "home" not in args:
         raise ValueError(
@@ -110,4 +115,6 @@ def app_builder(args: dict[str, str]) -> Application:
         args.get("base", DEFAULT_BASE),
         int(args.get("max_batch", 32)),
         int(args.get("workers", 0)),
+        args.get("db"),
+        args.get("blobs"),
     )
