@@ -102,3 +102,21 @@ def test_an_older_revision_is_refused_then_upgraded_on_either_database(
     registry = open_registry(home, db=db_url)
     assert publish_bytes(registry, "alice", b"x").number == 1
     assert isinstance(registry, Registry)
+
+
+def test_the_migrations_build_exactly_the_schema_the_code_declares(db_url, tmp_path) -> None:
+    """A table or column added to ``schema.py`` without its migration fails here (a fresh
+    registry is made by the migrations alone, never by ``create_all``)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from adaptkit.registry.schema import Base
+
+    Registry(db_url, tmp_path / "blobs")
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    finally:
+        engine.dispose()
+    assert differences == []
