@@ -196,8 +196,13 @@ def check_new_user_id(session: Session, user_id: str) -> None:
     """Refuse a new user id that differs from an existing one only by case."""
     if session.get(UserRow, user_id) is not None:
         return
+    # The id itself is no clash: another process may have just created it (on
+    # PostgreSQL each statement sees what committed before it, so this query can find a
+    # row the lookup above did not).
     clash = session.scalar(
-        select(UserRow.id).where(func.lower(UserRow.id) == user_id.lower()).limit(1)
+        select(UserRow.id)
+        .where(func.lower(UserRow.id) == user_id.lower(), UserRow.id != user_id)
+        .limit(1)
     )
     if clash is not None:
         raise case_clash(user_id, clash)

@@ -71,7 +71,7 @@ def test_erase_removes_everything_of_one_user_with_an_audit_row(registry: Regist
     assert (audit.actor, audit.action, audit.counts) == (
         "admin:dana",
         "erase",
-        {"feedback_events": 1, "requests": 1, "versions": 3},
+        {"feedback_events": 1, "served_completions": 0, "requests": 1, "versions": 3},
     )
     # Other users are untouched.
     assert registry.versions("bob") == bob_before
