@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
@@ -61,7 +62,11 @@ class AdaptkitReplica:
         self.kit = AdaptKit(home, base=base, db=db, blobs=blobs)
         # Ray's proxy is the front door (bind, auth at the proxy or gateway); the app
         # behind it is reached only through Ray.
-        config = ServeConfig(no_auth=True, max_batch=max_batch, workers=workers)
+        # torch's threads follow the CPUs Ray gave this replica, not the machine's cores.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        config = ServeConfig(
+            no_auth=True, max_batch=max_batch, workers=workers, threads=max(1, round(cpus))
+        )
         self.server = Server(self.kit, config)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.first_sights: Counter[str] = Counter()

@@ -194,7 +194,10 @@ class Scheduler:
             elif row.finish is not None:
                 done.append((job, text, "stop" if row.finish == "stop" else "length"))
             else:
-                self._send(job, text, hold=max((len(s) for s in job.stops), default=1) - 1)
+                # Trailing whitespace waits for what follows: the answer's end is stripped,
+                # so the chunks add up to exactly the final text.
+                hold = max((len(s) for s in job.stops), default=1) - 1
+                self._send(job, text.rstrip(), hold=hold)
         for job, text, reason in done:
             self._send(job, text, hold=0, final=True)
             job.emit(Finished(text, reason, len(job.row.tokens)))

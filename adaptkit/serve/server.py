@@ -8,9 +8,11 @@ scheduler's thread, the online learner on its own base copy, the API keys, the m
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass, field
 
+import torch
 from sqlalchemy import text
 from transformers import AutoTokenizer
 
@@ -76,10 +78,19 @@ class ServeConfig:
             "its hub id for vllm)"
         },
     )
+    threads: int = field(
+        default=0,
+        metadata={"help": "torch threads (0: the cores split between decoding and training)"},
+    )
 
     def __post_init__(self) -> None:
         problems = []
-        for name, least in (("max_batch", 1), ("max_queue", 1), ("max_body_bytes", 1024)):
+        for name, least in (
+            ("max_batch", 1),
+            ("max_queue", 1),
+            ("max_body_bytes", 1024),
+            ("threads", 0),
+        ):
             if getattr(self, name) < least:
                 flag = "--" + name.replace("_", "-")
                 problems.append(f"{flag} must be >= {least}, got {getattr(self, name)}")
@@ -131,6 +142,11 @@ class Server:
         self.metrics = ServeMetrics()
         self.feedback = FeedbackLog(kit.registry)
         self.keys = None if config.no_auth else ApiKeys(kit.registry)
+        # Decoding and training each run ops in their own thread: two thread teams
+        # spinning at barriers on the same cores cost far more than they share.
+        torch.set_num_threads(
+            config.threads or max(1, (os.cpu_count() or 1) // (1 + config.workers))
+        )
         self.scheduler = (
             _forwarder(kit, config, self.metrics)
             if config.upstream

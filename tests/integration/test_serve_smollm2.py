@@ -148,7 +148,8 @@ def test_an_edit_becomes_the_version_that_answers_the_next_request(smollm2_home:
             return state if state["state"] != "pending" else None
 
         state = wait_for(settled, 300)
-        assert state["state"] == "trained" and state["version"] == 2, state
+        # The first round's events may have made v2 already: the last edit is in v2 or v3.
+        assert state["state"] == "trained" and state["version"] in (2, 3), state
         assert state["version_status"] in ("active", "candidate")
         after = client.chat.completions.create(
             model=f"{BASE}:alice",
@@ -158,9 +159,9 @@ def test_an_edit_becomes_the_version_that_answers_the_next_request(smollm2_home:
         )
         seconds = time.monotonic() - posted
         if state["version_status"] == "active":
-            assert after.model == f"{BASE}:alice@2"
-        else:  # the gate refused it: it stays a candidate with its reason, v1 serves
-            assert state["version_reason"] and after.model == f"{BASE}:alice@1"
+            assert after.model == f"{BASE}:alice@{state['version']}"
+        else:  # the gate refused it: it stays a candidate with its reason; it does not serve
+            assert state["version_reason"] and after.model != f"{BASE}:alice@{state['version']}"
         print(f"feedback to the next answer ({after.model}): {seconds:.1f} s")
         metrics = httpx.get(f"{url}/metrics").text.splitlines()
         counted = [m for m in metrics if m.startswith("adaptkit_feedback_to_version_seconds_count")]
