@@ -129,7 +129,7 @@ def feedback_event(registry: Registry, body: FeedbackRequest) -> FeedbackEvent:
 
 def feedback_number(feedback_id: str) -> int:
     number = feedback_id.removeprefix(FEEDBACK_PREFIX)
-    if not number.isdigit() or len(number) > 18:
+    if not (number.isascii() and number.isdigit()) or len(number) > 18:  # not '²'
         raise ApiError(404, f"no feedback {feedback_id!r} (ids look like 'fb-12')", param="id")
     return int(number)
 

@@ -206,6 +206,8 @@ def test_feedback_is_acknowledged_once_and_its_state_is_readable(world: World) -
     assert first.json()["id"] == again.json()["id"] and first.json()["state"] == "pending"
     read = httpx.get(f"{world.url}/v1/feedback/{first.json()['id']}", headers=headers).json()
     assert read["kind"] == "edit" and read["completion_id"] == answer.id
+    for odd in ("fb-x", "fb-%C2%B2", "12345678901234567890"):  # "²" is a digit to str.isdigit
+        assert httpx.get(f"{world.url}/v1/feedback/{odd}", headers=headers).status_code == 404
     events = world.kit.registry  # one event stored, not two
     from adaptkit.feedback import FeedbackLog
 
