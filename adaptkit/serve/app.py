@@ -32,6 +32,7 @@ from adaptkit.serve.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     CompletionRequest,
+    ErasureCard,
     ErrorBody,
     FeedbackRequest,
     FeedbackState,
@@ -282,6 +283,21 @@ def create_app(server: Server) -> FastAPI:
     async def admin_activate(user: str, body: ActivateRequest, _key: Admin):
         version = await run_in_threadpool(server.registry.activate, user, body.version)
         return records.version_card(version)
+
+    @app.delete("/v1/admin/users/{user}", response_model=ErasureCard)
+    async def admin_erase(user: str, key: Admin):
+        """Erase everything stored of ``user`` (versions, blobs, feedback, completions),
+        audited under the admin key that asked (its prefix, never the key)."""
+        actor = f"api-key:{key.prefix}" if key is not None else "serve --no-auth"
+        report = await run_in_threadpool(server.registry.erase, user, actor=actor)
+        return ErasureCard(
+            user=report.user_id,
+            actor=report.actor,
+            versions=report.versions,
+            feedback_events=report.feedback_events,
+            requests=report.requests,
+            audit_id=report.audit_id,
+        )
 
     # -- health ------------------------------------------------------------------------
 

@@ -209,5 +209,16 @@ class UserCard(BaseModel):
     versions: int
 
 
+class ErasureCard(BaseModel):
+    """What an erasure removed (counts only, as its audit row records)."""
+
+    user: str
+    actor: str
+    versions: int
+    feedback_events: int
+    requests: int
+    audit_id: int
+
+
 class ActivateRequest(_Body):
     version: int = Field(ge=1)

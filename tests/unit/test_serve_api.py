@@ -23,6 +23,7 @@ MESSAGES = [{"role": "user", "content": "How long does it take me to get to the 
 class World:
     def __init__(self, root: Path, model_dir: Path) -> None:
         self.model = str(model_dir)
+        self.root = root
         self.kit = AdaptKit(root / "home", base=self.model, shared_dir=root / "shared")
         for seed, user in enumerate(("alice", "bob", "team-carol"), start=1):
             lora = make_lora_dir(self.kit.base.model, root / "src" / user, seed=seed, rank=4)
@@ -190,6 +191,27 @@ def test_admin_endpoints_need_an_admin_key(world: World) -> None:
     metrics = httpx.get(f"{world.url}/metrics").text
     assert "adaptkit_time_to_first_token_seconds_count" in metrics
     assert "adaptkit_adapter_cache_hits" in metrics
+
+
+def test_an_admin_erases_a_user_and_nothing_of_theirs_is_served_after(world: World) -> None:
+    publish_dir(world.kit.registry, "erin", world.root / "src" / "bob", world.model)
+    answer = chat(world, f"{world.model}:erin")
+    url = f"{world.url}/v1/admin/users/erin"
+    refused = httpx.delete(url, headers={"Authorization": f"Bearer {world.all_key}"})
+    assert refused.status_code == 403
+    erased = httpx.delete(url, headers={"Authorization": f"Bearer {world.admin_key}"})
+    assert erased.status_code == 200, erased.text
+    report = erased.json()
+    assert (report["versions"], report["requests"]) == (1, 1)
+    assert report["actor"].startswith("api-key:") and world.admin_key not in report["actor"]
+    with pytest.raises(openai.NotFoundError):
+        chat(world, f"{world.model}:erin")
+    stored = httpx.get(
+        f"{world.url}/v1/chat/completions/{answer.id}",
+        headers={"Authorization": f"Bearer {world.admin_key}"},
+    )
+    assert stored.status_code == 404
+    assert "erin" not in {u.id for u in world.kit.registry.users()}
 
 
 def test_feedback_is_acknowledged_once_and_its_state_is_readable(world: World) -> None:
