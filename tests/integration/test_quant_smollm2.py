@@ -47,7 +47,7 @@ def test_int8_row_does_not_depend_on_the_other_users_of_its_batch(
         lora = make_lora_dir(fp32.model, tmp_path / user, seed=seed, rank=8, b_std=0.02)
         publish_dir(registry, user, lora, BASE)
     base = load_base(BASE, home=home, quant="int8")
-    assert len(int8_layers(base.model)) == 7 * base.model.config.num_hidden_layers
+    assert len(int8_layers(base.model)) == 6 * base.model.config.num_hidden_layers
     assert base.footprint_bytes < 0.5 * fp32.footprint_bytes
     with Engine(base, registry) as engine:
         first = engine.generate(
