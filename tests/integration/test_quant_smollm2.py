@@ -48,7 +48,7 @@ def test_int8_row_does_not_depend_on_the_other_users_of_its_batch(
         publish_dir(registry, user, lora, BASE)
     base = load_base(BASE, home=home, quant="int8")
     assert len(int8_layers(base.model)) == 6 * base.model.config.num_hidden_layers
-    assert base.footprint_bytes < 0.5 * fp32.footprint_bytes
+    assert base.footprint_bytes < 0.6 * fp32.footprint_bytes  # lm_head, down_proj fp32
     with Engine(base, registry) as engine:
         first = engine.generate(
             [Request(p, user=u) for p, u in zip(PROMPTS, [*users, None], strict=True)],
