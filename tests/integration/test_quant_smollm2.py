@@ -37,7 +37,7 @@ def test_int8_row_does_not_depend_on_the_other_users_of_its_batch(
     activation scale shared across rows (torch.ao's dynamic quantization) they are not.
 
     What does move an int8 answer is the batch's layout (padding, shared-prefix split):
-    fp32 rounding differences of 1e-7 there change int8 logits by ~6% (docs/quant.md).
+    fp32 rounding differences of 1e-7 there change int8 logits by ~3% (docs/quant.md).
     """
     home = Home(smollm2_home)
     registry = Registry(home.registry_url, home.adapters_dir)
