@@ -135,7 +135,10 @@ def backend_of(quant: str, device: str = "cpu") -> str:
     if quant == "none":
         return "fp32"
     if quant == "int8" and device == "cpu":
-        return "torch-int8 (fbgemm; per-channel weights, per-token activations; lm_head fp32)"
+        return (
+            "torch-int8 (fbgemm; per-channel weights, per-token activations; "
+            "lm_head, down_proj fp32)"
+        )
     if quant in ("int8", "bnb-int8"):
         return "bitsandbytes-int8"
     return f"bitsandbytes-{quant}"

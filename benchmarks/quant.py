@@ -81,6 +81,36 @@ def measure_engine(base, registry, users: list[str], prompts: list[str], args) -
     return out
 
 
+def measure_paired(bases: dict, registry, users: list[str], prompts: list[str], args) -> dict:
+    """tokens/s of each base against fp32's, run back to back per repeat (order rotating),
+    so both see the same load on a shared machine: the median of per-pair ratios."""
+    engines = {quant: Engine(base, registry) for quant, base in bases.items()}
+    out: dict[str, dict] = {quant: {} for quant in bases if quant != "none"}
+    try:
+        for rows in ROW_COUNTS:
+            requests = [
+                Request(prompts[i % len(prompts)], user=users[i % len(users)]) for i in range(rows)
+            ]
+            for engine in engines.values():
+                engine.generate(requests[:2], max_new_tokens=2)  # warm-up
+            seconds: dict[str, list[float]] = {quant: [] for quant in engines}
+            order = list(engines)
+            for repeat in range(args.repeats):
+                for quant in order[repeat % len(order) :] + order[: repeat % len(order)]:
+                    began = time.perf_counter()
+                    new = args.new_tokens
+                    engines[quant].generate(requests, max_new_tokens=new, min_new_tokens=new)
+                    seconds[quant].append(time.perf_counter() - began)
+            for quant in out:
+                ratios = [f / q for f, q in zip(seconds["none"], seconds[quant], strict=True)]
+                out[quant][f"rows_{rows}"] = round(statistics.median(ratios), 3)
+            progress(f"paired {rows} rows: {out}")
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return out
+
+
 def measure_step(base, args) -> dict:
     bottoms: OrderedDict = OrderedDict()  # ours, so a repeat can start cold
     spec = online_lora(base.model.config.num_hidden_layers)
@@ -135,6 +165,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="only the tokens/s ratios to fp32, every backend run back to back per repeat",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     backends = args.backends.split(",")
@@ -160,6 +195,15 @@ def main() -> None:
                 metrics={}, config={},
             )  # fmt: skip
         reference, reference_same = greedy(fp32, registry, prompts, args.new_tokens)
+        if args.paired:
+            bases = {q: fp32 if q == "none" else load_base(BASE, home=home, quant=q)
+                     for q in ["none", *[b for b in backends if b != "none"]]}  # fmt: skip
+            results["paired_tokens_per_s_vs_fp32"] = measure_paired(
+                bases, registry, users, prompts, args
+            )
+            write(args.json, results)
+            print(json.dumps(results, indent=2))
+            return
         fp32_bytes = fp32.footprint_bytes
         budget = fp32_bytes + GiB
         for quant in backends:

@@ -60,7 +60,8 @@ def test_train_publish_and_answer_like_alice(smollm2_home: Path) -> None:
 def test_quantized_base_loads_and_answers(smollm2_home: Path, quant: str) -> None:
     home = Home(smollm2_home)
     quantized = load_base("smollm2-135m-instruct", home=home, quant=quant)
-    assert quantized.footprint_bytes < 0.5 * 538e6
+    # int8 keeps lm_head and down_proj fp32 (docs/quant.md): 301 MB; nf4 166 MB.
+    assert quantized.footprint_bytes < (0.6 if quant == "int8" else 0.5) * 538e6
     kit = AdaptKit(smollm2_home, quant=quant)
     kit._base = quantized
     answer = kit.chat("What is the capital of France?", max_new_tokens=8)

@@ -37,7 +37,7 @@ def test_int8_row_does_not_depend_on_the_other_users_of_its_batch(
     activation scale shared across rows (torch.ao's dynamic quantization) they are not.
 
     What does move an int8 answer is the batch's layout (padding, shared-prefix split):
-    fp32 rounding differences of 1e-7 there change int8 logits by ~6% (docs/quant.md).
+    fp32 rounding differences of 1e-7 there change int8 logits by ~3% (docs/quant.md).
     """
     home = Home(smollm2_home)
     registry = Registry(home.registry_url, home.adapters_dir)
@@ -47,8 +47,8 @@ def test_int8_row_does_not_depend_on_the_other_users_of_its_batch(
         lora = make_lora_dir(fp32.model, tmp_path / user, seed=seed, rank=8, b_std=0.02)
         publish_dir(registry, user, lora, BASE)
     base = load_base(BASE, home=home, quant="int8")
-    assert len(int8_layers(base.model)) == 7 * base.model.config.num_hidden_layers
-    assert base.footprint_bytes < 0.5 * fp32.footprint_bytes
+    assert len(int8_layers(base.model)) == 6 * base.model.config.num_hidden_layers
+    assert base.footprint_bytes < 0.6 * fp32.footprint_bytes  # lm_head, down_proj fp32
     with Engine(base, registry) as engine:
         first = engine.generate(
             [Request(p, user=u) for p, u in zip(PROMPTS, [*users, None], strict=True)],
