@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Row, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adaptkit.errors import BlobIntegrityError, InputError, UnknownVersionError
@@ -234,7 +234,9 @@ class Registry:
         parent = session.get(AdapterVersionRow, row.parent_id) if row.parent_id else None
         return self._row_info(row, parent.number if parent else None)
 
-    def _row_info(self, row: AdapterVersionRow, parent_number: int | None) -> VersionInfo:
+    def _row_info(
+        self, row: AdapterVersionRow | Row[Any], parent_number: int | None
+    ) -> VersionInfo:
         return VersionInfo(
             id=row.id,
             user_id=row.user_id,
@@ -312,26 +314,8 @@ class Registry:
                 raise unknown_user(session, user_id)
         if found.id is None:
             return None
-        return self.fetch(
-            VersionInfo(
-                id=found.id,
-                user_id=found.user_id,
-                number=found.number,
-                parent_number=found.parent_number,
-                created_at=found.created_at,
-                method=found.method,
-                base_model=found.base_model,
-                data_digest=found.data_digest,
-                metrics=dict(found.metrics or {}),
-                config=dict(found.config or {}),
-                blob_sha256=found.blob_sha256,
-                blob_path=self.blobs.root / found.blob_path,
-                status=found.status,
-                status_reason=found.status_reason,
-                config_sha256=found.config_sha256,
-                pinned=bool(found.pinned),
-            )
-        )
+        # The Core row carries the same names as the ORM row (parent_number joined in).
+        return self.fetch(self._row_info(found, found.parent_number))
 
     def version(self, user_id: str, number: int) -> VersionInfo:
         with self._sessions() as session:
