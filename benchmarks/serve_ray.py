@@ -122,7 +122,9 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs Ray gets, split by replicas")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    results: dict = {"config": {k: str(v) for k, v in vars(args).items()}}
+    # Where files lie on this machine is not part of the result.
+    local = {"json", "model_cache"}
+    results: dict = {"config": {k: str(v) for k, v in vars(args).items() if k not in local}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         home, registry = scratch_home(root, args.model_cache)
