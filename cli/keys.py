@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from adaptkit.cli.options import home_option
-from adaptkit.cli.serve import db_option
 from adaptkit.kit import AdaptKit
 from adaptkit.serve import SCOPES, ApiKeys
 
@@ -26,21 +25,19 @@ def keys() -> None:
     help="glob of the users an app key reaches (e.g. 'team-*')",
 )
 @click.option("--name", default="", help="a label to tell keys apart")
-@db_option
 @home_option
-def create(scope: str, users: str, name: str, db: str | None, home: Path | None) -> None:
+def create(scope: str, users: str, name: str, home: Path | None) -> None:
     """Make a key and print it (the only time it is shown)."""
-    key, info = ApiKeys(AdaptKit(home, db=db).registry).create(scope, users=users, name=name)
+    key, info = ApiKeys(AdaptKit(home).registry).create(scope, users=users, name=name)
     click.echo(key)
     click.echo(f"key {info.id}: scope {info.scope}, users {info.users!r}", err=True)
 
 
 @keys.command(name="list")
-@db_option
 @home_option
-def list_keys(db: str | None, home: Path | None) -> None:
+def list_keys(home: Path | None) -> None:
     """List keys (their first characters only)."""
-    for info in ApiKeys(AdaptKit(home, db=db).registry).list():
+    for info in ApiKeys(AdaptKit(home).registry).list():
         state = "revoked" if info.revoked else "active"
         click.echo(
             f"{info.id:<4} {info.prefix}...  {info.scope:<5} users {info.users!r:<12} {state}"
@@ -50,9 +47,8 @@ def list_keys(db: str | None, home: Path | None) -> None:
 
 @keys.command()
 @click.argument("key_id", type=int)
-@db_option
 @home_option
-def revoke(key_id: int, db: str | None, home: Path | None) -> None:
+def revoke(key_id: int, home: Path | None) -> None:
     """Revoke key KEY_ID (see `adaptkit keys list`)."""
-    info = ApiKeys(AdaptKit(home, db=db).registry).revoke(key_id)
+    info = ApiKeys(AdaptKit(home).registry).revoke(key_id)
     click.echo(f"key {info.id} revoked")

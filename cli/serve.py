@@ -16,12 +16,6 @@ from adaptkit.kit import AdaptKit
 from adaptkit.router import RoutingPolicy
 from adaptkit.serve import ServeConfig, Server, run
 
-db_option = click.option(
-    "--db",
-    default=None,
-    help="registry database, a SQLAlchemy URL [default: the home's SQLite file]",
-)
-
 
 @click.command()
 @options_from(ServeConfig)
@@ -33,13 +27,11 @@ db_option = click.option(
 )
 @base_option
 @quant_option
-@db_option
 @home_option
 def serve(
     cold_start: str | None,
     base: str,
     quant: str,
-    db: str | None,
     home: Path | None,
     **values: Any,
 ) -> None:
@@ -49,6 +41,7 @@ def serve(
     if cold_start is not None:
         shared = None if cold_start == "base" else cold_start
         policy = RoutingPolicy(cold_start=shared, unknown_users="cold_start")
-    kit = AdaptKit(home, base=base, quant=quant, db=db, policy=policy)
+    # --db / --blobs (home_option) reach the kit through $ADAPTKIT_DB / $ADAPTKIT_BLOBS.
+    kit = AdaptKit(home, base=base, quant=quant, policy=policy)
     with kit, Server(kit, config) as server:
         run(server)
