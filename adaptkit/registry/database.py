@@ -48,10 +48,12 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # is deferred and cannot be made IMMEDIATE per transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # The busy timeout first: switching a fresh file to WAL takes the write lock, and
+    # several processes opening one new registry at once must wait for it, not fail.
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     cursor.close()
 
 
