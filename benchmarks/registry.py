@@ -17,7 +17,7 @@ lookups read rows only) is measured:
 * ``erase_ms`` p50: ``Registry.erase`` of users with 5 published versions and feedback.
 
 ``--previous CHECKOUT`` (a checkout of the previous release, e.g. ``git worktree add
-/tmp/prev 377180a``): its registry is measured in the same run on SQLite (lookup and
+../prev 377180a``): its registry is measured in the same run on SQLite (lookup and
 one-publisher publish), the peer a user of that release has. Floors: lookup p50 <= 1 ms
 on SQLite and <= 2 ms on PostgreSQL; 4 publishers lose nothing and reach >= 2x one
 publisher's throughput on PostgreSQL.

@@ -426,7 +426,8 @@ def main() -> None:
             stop(peer)
         progress("the engine's offline batches, and the isolation check")
         results["ceiling"], results["isolation"] = offline(home, answers, args)
-        results["server_log_tail"] = log.read_text(errors="replace")[-2000:]
+        # For diagnosis only (it names this machine's files): shown, not stored.
+        progress("servers' log, last lines:\n" + log.read_text(errors="replace")[-2000:])
     most = f"clients_{max(clients)}"
     ours_tps = results["adaptkit"][most]["output_tokens_per_s"]
     peer_tps = results["peft"][most]["output_tokens_per_s"]
