@@ -89,6 +89,31 @@ def scratch_home(root: Path, model_cache: Path | None) -> tuple[Home, Registry]:
     return home, Registry(home.registry_url, home.adapters_dir)
 
 
+def publish_users(
+    registry: Registry,
+    base,
+    root: Path,
+    users: int,
+    rank: int,
+    seed: int,
+    *,
+    prepare: Callable[[str, Path], None] | None = None,
+) -> dict[str, object]:
+    """``user000``, ``user001``, ... each with a fresh random all-linear adapter
+    (``make_adapters``) published as their active version; ``prepare(user, path)`` may
+    change an adapter before it is published. Returns each user's version."""
+    names = [f"user{i:03d}" for i in range(users)]
+    versions = {}
+    for user, path in zip(names, make_adapters(base, root, users, rank, seed), strict=True):
+        if prepare is not None:
+            prepare(user, path)
+        versions[user] = registry.publish(
+            user, path, method="random", base_model=BASE, data_digest="0" * 64,
+            metrics={}, config={},
+        )  # fmt: skip
+    return versions
+
+
 def make_adapters(
     base,
     root: Path,
@@ -174,19 +199,8 @@ def main() -> None:
         home, registry = scratch_home(root, args.model_cache)
         ours = load_base(BASE, home=home)
         progress("making and publishing adapters")
-        staged = make_adapters(ours, root, args.users, args.rank, args.seed)
-        users = [f"user{i:03d}" for i in range(args.users)]
-        versions = {}
-        for user, path in zip(users, staged, strict=True):
-            versions[user] = registry.publish(
-                user,
-                path,
-                method="random",
-                base_model=BASE,
-                data_digest="0" * 64,
-                metrics={},
-                config={},
-            )
+        versions = publish_users(registry, ours, root, args.users, args.rank, args.seed)
+        users = list(versions)
 
         results |= measure_ours(args, ours, registry, versions, users, root)
         del ours

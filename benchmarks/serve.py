@@ -5,7 +5,7 @@
 
 Loopback only, bounded in time (each phase runs ``--duration`` seconds, then waits
 for what is in flight) and count. M users get all-linear rank-8 adapters with random
-weights (``benchmarks/bank.py``'s ``make_adapters``). For each N in ``--clients``, N
+weights (``benchmarks/bank.py``'s ``publish_users``). For each N in ``--clients``, N
 concurrent clients send chat completions (streamed, greedy) for random users;
 every ``--feedback-every``-th request to a learning user (every fourth) is followed by
 an edit, whose update is then tracked to the first completion answered by the new version.
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bank import BASE, PROMPTS, common_parser, make_adapters, progress, scratch_home
+from bank import BASE, PROMPTS, common_parser, progress, publish_users, scratch_home
 from safetensors.torch import load_file, save_file
 
 EDIT = "Take your bicycle: about 15 minutes along the river."
@@ -377,15 +377,12 @@ def main() -> None:
         from adaptkit.base_model import load_base
 
         progress(f"publishing {args.users} users' adapters")
-        users = [f"user{i:03d}" for i in range(args.users)]
-        paths = make_adapters(load_base(BASE, home=home), root, args.users, 8, args.seed)
-        for user, path in zip(users, paths, strict=True):
-            if learns(user):
-                soften(path)
-            registry.publish(
-                user, path, method="bench", base_model=BASE, data_digest="0" * 64,
-                metrics={}, config={},
-            )  # fmt: skip
+        users = list(
+            publish_users(
+                registry, load_base(BASE, home=home), root, args.users, 8, args.seed,
+                prepare=lambda user, path: soften(path) if learns(user) else None,
+            )
+        )  # fmt: skip
         log = root / "servers.log"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
