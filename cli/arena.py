@@ -9,7 +9,8 @@ import click
 
 from adaptkit.arena.backends import METHODS
 from adaptkit.arena.conditions import parse_conditions
-from adaptkit.arena.session import ArenaOptions, run_arena
+from adaptkit.arena.importers import IMPORTERS, ImportOptions, import_episodes
+from adaptkit.arena.session import BUNDLED_SUITES, ArenaOptions, run_arena
 from adaptkit.bank import Calibration
 from adaptkit.cli.options import (
     base_option,
@@ -48,7 +49,8 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     type=click.Path(dir_okay=False, path_type=Path),
     default=ArenaOptions.episodes,
     show_default="the bundled starter suite",
-    help="episode file (JSON Lines or a JSON list; docs/episodes.md)",
+    help="episode file (JSON Lines or a JSON list; docs/episodes.md), or the name of a "
+    f"bundled suite: {', '.join(BUNDLED_SUITES)}",
 )
 @click.option(
     "--out",
@@ -138,3 +140,23 @@ def run(conditions: str, users: str | None, curve_points: str | None, **values: 
     click.echo(f"report: {paths['markdown']}")
     for name in ("json", "curve", "conditions"):
         click.echo(f"        {paths[name]}")
+
+
+@arena.command("import")
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(IMPORTERS))
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="episode file to write (JSON Lines; replaced atomically)",
+)
+@options_from(ImportOptions)
+def import_(fmt: str, path: Path, out: Path, **values: Any) -> None:
+    """Convert a public per-user benchmark file at PATH into an episode file
+    (formats: docs/arena.md, 'Importing public benchmarks')."""
+    counts = import_episodes(fmt, path, out, build(ImportOptions, values))
+    click.echo(
+        f"wrote {out}: {counts['users']} users, {counts['history']} history records, "
+        f"{counts['deployment']} deployment requests"
+    )

@@ -18,11 +18,18 @@ from adaptkit.arena.episodes import (
 )
 from adaptkit.arena.evaluators import Judge, Score, TokenF1Judge, score
 from adaptkit.arena.runner import ArenaConfig, ArenaResult, ArenaRunner
-from adaptkit.arena.session import BUNDLED_SUITE, ArenaOptions, run_arena
+from adaptkit.arena.session import (
+    BUNDLED_SUITE,
+    BUNDLED_SUITES,
+    ArenaOptions,
+    run_arena,
+    suite_path,
+)
 from adaptkit.retrieval import BM25Retriever, MiniLMRetriever, Retriever
 
 __all__ = [
     "BUNDLED_SUITE",
+    "BUNDLED_SUITES",
     "CONDITIONS",
     "ArenaConfig",
     "ArenaOptions",
@@ -48,4 +55,5 @@ __all__ = [
     "load_episodes",
     "run_arena",
     "score",
+    "suite_path",
 ]

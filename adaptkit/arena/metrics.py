@@ -13,16 +13,20 @@ Definitions (also in docs/episodes.md):
   A's checks anyway. leakage = leaked / eligible.
 - must_exclude hits: fraction of a condition's answers containing a value the
   task excludes (in the bundled suite: another user's value of the same habit).
+- label baselines (no model): when the history answers come from a small label set
+  (at most ``LABEL_SET_MAX`` distinct answers, each used twice on average), the
+  success of always answering the user's most frequent history answer, and of always
+  answering the most frequent one over all users, scored by each task's own checks.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from statistics import mean
 from typing import Any
 
 from adaptkit.arena.episodes import Task
-from adaptkit.arena.evaluators import score
+from adaptkit.arena.evaluators import normalize, score
 from adaptkit.arena.runner import Answer, ArenaResult
 
 
@@ -57,6 +61,70 @@ def _conditions(result: ArenaResult) -> dict[str, dict[str, Any]]:
     for numbers in out.values():
         numbers["fraction_of_oracle"] = round(numbers["success"] / oracle, 4) if oracle else None
     return out
+
+
+# History answers taking at most this many distinct values make a label task.
+LABEL_SET_MAX = 30
+
+
+def majority(answers: list[str]) -> str | None:
+    """The most frequent answer (ties: the one seen first), None when there is none."""
+    counts = Counter(answers)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def label_baselines(result: ArenaResult) -> dict[str, Any]:
+    """Predictors that answer every request with a past label, without a model.
+
+    A user without history answers nothing (fails). Only for label tasks: free-text
+    histories (every answer different) make these predictors meaningless.
+    """
+    suite = result.suite
+    past = {
+        user: [
+            normalize(r.interaction.sft_target)
+            for r in suite.history.get(user, ())
+            if r.interaction.sft_target
+        ]
+        for user in result.users
+    }
+    answers = [a for user_answers in past.values() for a in user_answers]
+    distinct = len(set(answers))
+    if not answers or distinct > LABEL_SET_MAX or 2 * distinct > len(answers):
+        return {
+            "label_task": False,
+            "distinct_history_answers": distinct,
+            "history_answers": len(answers),
+        }
+    overall = majority(answers)
+    tasks = {
+        user: [t for t in suite.deployment.get(user, ()) if not t.eval.skip_reason]
+        for user in result.users
+    }
+
+    def rate(passed: dict[str, list[bool]]) -> dict[str, Any]:
+        every = [p for user_passed in passed.values() for p in user_passed]
+        return {
+            "success": round(float(mean(every)), 4) if every else None,
+            "n": len(every),
+            "per_user": {
+                u: round(float(mean(p)), 4) if p else None for u, p in sorted(passed.items())
+            },
+        }
+
+    def passes(answer: str | None, user: str) -> list[bool]:
+        return [answer is not None and score(answer, t.eval).passed for t in tasks[user]]
+
+    return {
+        "label_task": True,
+        "distinct_history_answers": distinct,
+        "history_answers": len(answers),
+        "user_majority": rate({u: passes(majority(past[u]), u) for u in result.users}),
+        "global_majority": {
+            **rate({u: passes(overall, u) for u in result.users}),
+            "answer": overall,
+        },
+    }
 
 
 def _retention(result: ArenaResult) -> dict[str, Any]:
@@ -173,6 +241,7 @@ def summarize(result: ArenaResult, run: dict[str, Any]) -> dict[str, Any]:
         "retention": _retention(result),
         "leakage": _leakage(result),
         "learning_curve": _curve(result),
+        "baselines": label_baselines(result),
         "skipped": result.skipped,
     }
     summary["cost"] = _cost(result, conditions)

@@ -58,6 +58,7 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {name} | {_fmt(c['success'])} | {_fmt(c['fraction_of_oracle'])} | {c['n']} | "
             f"{_fmt(c['prompt_tokens_mean'])} | {_fmt(c['must_exclude_hits'])} |"
         )
+    lines += _baseline_rows(summary)
     users = run["users"]
     lines += [
         "",
@@ -101,6 +102,26 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += [f"| {s['task_id']} | {s['user']} | {s['reason']} |" for s in summary["skipped"]]
     lines += ["", "Definitions: docs/episodes.md. Every answer is in report.json (`answers`).", ""]
     return "\n".join(lines)
+
+
+BASELINE_NAMES = {
+    "user_majority": "*user's most frequent label (no model)*",
+    "global_majority": "*most frequent label overall (no model)*",
+}
+
+
+def _baseline_rows(summary: dict[str, Any]) -> list[str]:
+    """Label tasks: what always answering a past label scores, beside the conditions."""
+    baselines = summary.get("baselines") or {}
+    if not baselines.get("label_task"):
+        return []
+    oracle = summary["conditions"].get("oracle", {}).get("success")
+    rows = []
+    for key, name in BASELINE_NAMES.items():
+        b = baselines[key]
+        of_oracle = b["success"] / oracle if oracle and b["success"] is not None else None
+        rows.append(f"| {name} | {_fmt(b['success'])} | {_fmt(of_oracle)} | {b['n']} | – | – |")
+    return rows
 
 
 def plot_curve(summary: dict[str, Any], path: Path) -> None:

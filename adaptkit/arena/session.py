@@ -36,6 +36,12 @@ from adaptkit.retrieval import RETRIEVERS, build_retriever
 from adaptkit.training import TrainConfig
 
 BUNDLED_SUITE = Path(__file__).parent / "data" / "starter_suite.jsonl"
+# Suites shipped with the package, runnable by name (``--episodes handwritten``).
+# ``handwritten`` is held out: no method or setting is ever chosen on it (docs/arena.md).
+BUNDLED_SUITES = {
+    "starter": BUNDLED_SUITE,
+    "handwritten": Path(__file__).parent / "data" / "handwritten.jsonl",
+}
 QUICK_USERS = 3
 QUICK_CURVE = (2,)
 
@@ -95,6 +101,13 @@ def _lora_problems(changes: LoraChanges) -> list[str]:
     return []
 
 
+def suite_path(episodes: Path) -> Path:
+    """``episodes`` itself, or the bundled suite it names when no such file exists."""
+    if not episodes.exists() and str(episodes) in BUNDLED_SUITES:
+        return BUNDLED_SUITES[str(episodes)]
+    return episodes
+
+
 def run_arena(options: ArenaOptions) -> dict[str, Path]:
     """Run the arena and write ``report.json``, ``report.md`` and plots into ``options.out``."""
     keep_freed_memory()  # every training step reuses its large buffers (cpu_memory)
@@ -121,7 +134,8 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
         if options.quick and options.curve_points is None
         else options.curve_points,
     )
-    suite = load_episodes(options.episodes)  # the whole file, before any model work
+    episodes = suite_path(options.episodes)
+    suite = load_episodes(episodes)  # the whole file, before any model work
     users = list(options.users) or suite.users
     if options.quick and not options.users:
         users = users[:QUICK_USERS]
@@ -161,7 +175,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
     summary = summarize(
         result,
         {
-            "episodes": str(options.episodes),
+            "episodes": str(episodes),
             "model": options.base,
             "quant": options.quant,
             "method": options.method,

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from adaptkit.arena import BUNDLED_SUITE, EpisodeFormatError, load_episodes
+from adaptkit.arena import (
+    BUNDLED_SUITE,
+    BUNDLED_SUITES,
+    EpisodeFormatError,
+    load_episodes,
+    suite_path,
+)
 from adaptkit.arena.evaluators import contains
-from adaptkit.arena.generate_suite import generate
+from adaptkit.arena.generate_suite import PROBES, generate
+from adaptkit.gate.probes import DEFAULT_PROBES
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = [
@@ -170,3 +177,36 @@ def test_history_is_ordered_and_select_checks_users(tmp_path: Path) -> None:
     assert [r.interaction.response for r in suite.history["u1"]] == ["Early.", "Late."]
     with pytest.raises(Exception, match="nobody.*it has: u1"):
         suite.select(["nobody"])
+
+
+def test_handwritten_held_out_suite_is_well_formed() -> None:
+    path = suite_path(Path("handwritten"))
+    assert path == BUNDLED_SUITES["handwritten"] and path.parent == BUNDLED_SUITE.parent
+    suite = load_episodes(path)
+    assert len(suite.users) >= 10 and len(suite.probes) >= 12
+    theirs = {p.prompt for p in DEFAULT_PROBES} | {question for question, _ in PROBES}
+    assert not {p.intent for p in suite.probes} & theirs  # its own, not the gate's or generator's
+    accepted = {
+        user: [r.interaction.sft_target for r in suite.history[user] if r.interaction.sft_target]
+        for user in suite.users
+    }
+    lengths = {len(suite.history[user]) for user in suite.users}
+    assert min(lengths) >= 8 and max(lengths) <= 14 and len(lengths) >= 4  # varied
+    feedback = [r.interaction.feedback for u in suite.users for r in suite.history[u]]
+    assert sum(f.edited is not None for f in feedback) >= 3
+    assert sum(f.rating == -1 for f in feedback) >= 3
+    for user in suite.users:
+        tasks = suite.deployment[user]
+        assert 5 <= len(tasks) <= 8
+        asked = {r.interaction.messages[-1].content for r in suite.history[user]}
+        for task in tasks:
+            assert task.oracle_intent and task.oracle_intent != task.intent
+            assert task.intent not in asked  # a new request, not a repeated one
+            assert task.eval.must_include and not task.eval.skip_reason
+            if "\n\n" not in task.intent:  # no listing to choose from: the habit was shown
+                value = task.eval.must_include[0]
+                assert any(contains(a, value) for a in accepted[user]), (user, value)
+        # leakage is measurable: another user's accepted answers hold a value excluded here
+        others = [a for other in suite.users if other != user for a in accepted[other]]
+        excluded = {v for task in tasks for v in task.eval.must_exclude}
+        assert any(contains(a, v) for a in others for v in excluded), user
