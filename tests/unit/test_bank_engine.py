@@ -366,8 +366,17 @@ def test_mixed_batch_of_adapters_and_controls_equals_each_row_alone(world: World
             for r, s in zip(requests, settings, strict=True)
         ]
         plain = engine.generate(requests[-1:], max_new_tokens=LOOP_TOKENS)[0]
+        # A bad row leaves the batch; the others keep their own controls.
+        bad = Request(PROMPTS[0], user="carol", compose={"nope": 1.0})
+        kept = engine.generate(
+            [requests[0], bad, requests[2]],
+            max_new_tokens=LOOP_TOKENS,
+            repetition=[settings[0], Repetition(no_repeat_ngram_size=1), settings[2]],
+            errors="return",
+        )
         with pytest.raises(InputError, match="one per request"):
             engine.generate(requests, repetition=settings[:2])
     assert [r.tokens for r in batch] == [r.tokens for r in each]
     assert [r.tokens for r in batch[:5]] == expected
     assert batch[5].tokens != plain.tokens  # OpenAI's penalties act on the last row
+    assert not kept[1].ok and [kept[0].tokens, kept[2].tokens] == [each[0].tokens, each[2].tokens]
