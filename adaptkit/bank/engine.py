@@ -412,8 +412,8 @@ def _per_row(repetition: Repetition | Sequence[Repetition] | None, rows: int) ->
 @dataclass(frozen=True)
 class Sampling:
     """How one row picks its tokens: greedy at ``temperature`` 0, else sampled from the
-    ``top_p`` nucleus with its own generator (``seed``: reproducible); either on logits
-    under the row's ``repetition`` control."""
+    ``top_p`` nucleus with its own generator (``seed``: reproducible). Both choose from
+    the logits after the row's ``repetition`` control."""
 
     max_new_tokens: int = 64
     temperature: float = 0.0
