@@ -21,7 +21,7 @@ from adaptkit.arena import (
     Learned,
     load_episodes,
 )
-from adaptkit.arena.backends import ARENA_TRAIN, StepPolicy
+from adaptkit.arena.backends import ARENA_REPETITION, ARENA_TRAIN, StepPolicy
 from adaptkit.arena.metrics import loops, summarize
 from adaptkit.arena.report import portable_path, run_path, write_report
 from adaptkit.arena.runner import MAX_LENGTH_SPREAD, curve_points, length_batches
@@ -409,10 +409,12 @@ def test_arena_defaults_are_the_options_and_the_lora_flags_default_to_the_model(
     flags = ["arena", "run", "--out", str(out), "--top-layers", "2", "--alpha", "8"]
     assert CliRunner().invoke(main, flags).exit_code == 0
     assert taken[-1].lora == {"top_layers": 2, "alpha": 8.0}
-    assert taken[-1].repetition == Repetition()  # off unless asked
+    assert taken[-1].repetition == Repetition(frequency_penalty=0.5) == ARENA_REPETITION
     flags = ["arena", "run", "--out", str(out), "--repetition-penalty", "1.2"]
     assert CliRunner().invoke(main, [*flags, "--no-repeat-ngram-size", "3"]).exit_code == 0
-    assert taken[-1].repetition == Repetition(repetition_penalty=1.2, no_repeat_ngram_size=3)
+    assert taken[-1].repetition == Repetition(
+        repetition_penalty=1.2, no_repeat_ngram_size=3, frequency_penalty=0.5
+    )
     refused = CliRunner().invoke(
         main, ["arena", "run", "--out", str(out), "--presence-penalty", "9"]
     )
