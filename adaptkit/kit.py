@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from adaptkit.bank import DEFAULT_CACHE_BYTES, DEFAULT_SHARED_DIR, Engine
+from adaptkit.bank import DEFAULT_CACHE_BYTES, DEFAULT_SHARED_DIR, Engine, Repetition
 from adaptkit.base_model import DEFAULT_BASE, BaseModel, load_base
 from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.home import Home
@@ -171,9 +171,14 @@ class AdaptKit:
         *,
         user: str | None = None,
         max_new_tokens: int = 64,
+        repetition: Repetition | None = None,
     ) -> str:
-        """Answer one prompt (or chat ``messages``) as ``user``'s model, or the base model."""
-        return self.chat_many([prompt], user=user, max_new_tokens=max_new_tokens)[0]
+        """Answer one prompt (or chat ``messages``) as ``user``'s model, or the base model.
+        ``repetition``: repetition control (``Repetition(repetition_penalty=1.2)``, ...;
+        docs/bank.md); None: plain greedy decoding."""
+        return self.chat_many(
+            [prompt], user=user, max_new_tokens=max_new_tokens, repetition=repetition
+        )[0]
 
     def chat_many(
         self,
@@ -181,12 +186,15 @@ class AdaptKit:
         *,
         user: str | None = None,
         max_new_tokens: int = 64,
+        repetition: Repetition | None = None,
     ) -> list[str]:
-        """Answer several prompts for one user (or the base model) in one batch."""
+        """Answer several prompts for one user (or the base model) in one batch, each
+        under ``repetition`` control (None: none)."""
         if user is not None:
             self.adapter_for(user)
         results = self.engine.generate(
             [Request(prompt=prompt, user=user) for prompt in prompts],
             max_new_tokens=max_new_tokens,
+            repetition=repetition,
         )
         return [result.text or "" for result in results]

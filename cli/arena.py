@@ -11,7 +11,7 @@ from adaptkit.arena.backends import METHODS
 from adaptkit.arena.conditions import parse_conditions
 from adaptkit.arena.importers import IMPORTERS, ImportOptions, import_episodes
 from adaptkit.arena.session import BUNDLED_SUITES, ArenaOptions, run_arena
-from adaptkit.bank import Calibration
+from adaptkit.bank import Calibration, Repetition
 from adaptkit.cli.options import (
     base_option,
     build,
@@ -120,6 +120,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 # LoRA flag replaces that field of the shape computed then (KitLearner.lora_spec).
 @options_from(LoraSpec, unset="the online trainer's shape for the model")
 @options_from(Calibration, prefix=CALIBRATE)
+@options_from(Repetition, defaults=ArenaOptions.repetition)
 @options_from(
     TrainConfig,
     defaults=ArenaOptions.sft,
@@ -133,6 +134,7 @@ def run(conditions: str, users: str | None, curve_points: str | None, **values: 
         curve_points=_ints(curve_points, "--curve-points"),
         lora=given(LoraSpec, values) or None,
         calibration=build(Calibration, values, prefix=CALIBRATE),
+        repetition=build(Repetition, values),
         sft=build(TrainConfig, values),
         **values,  # the flags named as ArenaOptions' fields: --out, --base, --memory-k ...
     )

@@ -75,8 +75,11 @@ def publish_dir(registry: Registry, user: str, adapter_dir: Path, base_model: st
 
 
 @torch.inference_mode()
-def reference_tokens(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
-    """Greedy tokens for one prompt alone (unpadded), cut after the first stop token."""
+def reference_tokens(
+    model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, **options: object
+) -> list[int]:
+    """Greedy tokens for one prompt alone (unpadded), cut after the first stop token.
+    ``options`` go to ``generate`` as they are (``repetition_penalty``, ...)."""
     from adaptkit.prompting import as_messages, encode_prompt, end_of_turn_id
 
     ids = torch.tensor([encode_prompt(tokenizer, as_messages(prompt))])
@@ -91,6 +94,7 @@ def reference_tokens(model: nn.Module, tokenizer, prompt: str, max_new_tokens: i
         do_sample=False,
         eos_token_id=stops,
         pad_token_id=pad,
+        **options,
     )
     row = output[0, ids.shape[1] :].tolist()
     end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
@@ -98,15 +102,21 @@ def reference_tokens(model: nn.Module, tokenizer, prompt: str, max_new_tokens: i
 
 
 def peft_reference(
-    model: nn.Module, tokenizer, adapter_dir: Path | None, prompt: str, max_new_tokens: int
+    model: nn.Module,
+    tokenizer,
+    adapter_dir: Path | None,
+    prompt: str,
+    max_new_tokens: int,
+    **options: object,
 ) -> list[int]:
-    """PEFT's greedy tokens for ``prompt`` with ``adapter_dir`` alone (None: the base)."""
+    """PEFT's greedy tokens for ``prompt`` with ``adapter_dir`` alone (None: the base);
+    ``options`` go to ``generate``."""
     from peft import PeftModel
 
     if adapter_dir is None:
-        return reference_tokens(model, tokenizer, prompt, max_new_tokens)
+        return reference_tokens(model, tokenizer, prompt, max_new_tokens, **options)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     try:
-        return reference_tokens(peft_model, tokenizer, prompt, max_new_tokens)
+        return reference_tokens(peft_model, tokenizer, prompt, max_new_tokens, **options)
     finally:
         peft_model.unload()

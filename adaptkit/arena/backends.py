@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from adaptkit.arena.episodes import HistoryRecord
-from adaptkit.bank import Calibration
+from adaptkit.bank import Calibration, Repetition
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.feedback import FeedbackEvent
@@ -55,6 +55,11 @@ ARENA_WORD_DROPOUT = 0.3
 # budget: ``StepPolicy`` gives small learning-curve points fewer. The adapter's shape
 # is not here: it depends on the model (``KitLearner.lora_spec``).
 ARENA_TRAIN = TrainConfig(steps=24, lr=4e-3, batch_size=4, word_dropout=ARENA_WORD_DROPOUT)
+# Repetition control of every condition's answers (``adaptkit arena run
+# --frequency-penalty`` ...). OpenAI's frequency penalty counts the answer's tokens only:
+# on the bundled suite's final adapters it took looping answers from 8 to 1 of 514 and
+# changed no score (``--frequency-penalty 0`` against the default; docs/arena.md).
+ARENA_REPETITION = Repetition(frequency_penalty=0.5)
 # Fields of a ``LoraSpec`` that replace those of the shape computed for the model.
 LoraChanges = Mapping[str, Any]
 Messages = list[dict[str, str]]
@@ -89,7 +94,8 @@ class KitResponder:
     """Answers through the bank's ``Engine`` over the kit's base model and registry.
 
     Every row decodes the same way: greedy, with the first tokens calibrated when
-    ``calibration`` is given (``adaptkit.bank.calibration``), whatever its condition.
+    ``calibration`` is given (``adaptkit.bank.calibration``), under ``repetition``
+    control (``adaptkit.bank.repetition``), whatever its condition.
 
     A batch may mix the base model, several users and several versions of one user
     (each row pins its version): the arena answers every learning-curve point of
@@ -97,14 +103,24 @@ class KitResponder:
     the per-token overhead of generation over and over.
     """
 
-    def __init__(self, kit: AdaptKit, *, calibration: Calibration | None = None) -> None:
+    def __init__(
+        self,
+        kit: AdaptKit,
+        *,
+        calibration: Calibration | None = None,
+        repetition: Repetition | None = None,
+    ) -> None:
         self.kit = kit
         self.calibration = calibration
+        self.repetition = repetition
 
     def answer(self, requests: Sequence[Request], *, max_new_tokens: int) -> list[str]:
         # The engine checks every row (known version, blob sha256, base) before computing.
         results = self.kit.engine.generate(
-            requests, max_new_tokens=max_new_tokens, calibration=self.calibration
+            requests,
+            max_new_tokens=max_new_tokens,
+            calibration=self.calibration,
+            repetition=self.repetition,
         )
         return [result.text or "" for result in results]
 

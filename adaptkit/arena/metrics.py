@@ -17,10 +17,14 @@ Definitions (also in docs/episodes.md):
   (at most ``LABEL_SET_MAX`` distinct answers, each used twice on average), the
   success of always answering the user's most frequent history answer, and of always
   answering the most frequent one over all users, scored by each task's own checks.
+- looping: fraction of a condition's answers caught in a loop: some run of 1 to
+  ``LOOP_MAX_WORDS`` words repeated ``LOOP_REPEATS`` times back to back ("no, no, no",
+  "the bus, the bus, the bus"), words compared lower-cased without punctuation.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from statistics import mean
 from typing import Any
@@ -28,6 +32,21 @@ from typing import Any
 from adaptkit.arena.episodes import Task
 from adaptkit.arena.evaluators import normalize, score
 from adaptkit.arena.runner import Answer, ArenaResult
+
+LOOP_MAX_WORDS = 6
+LOOP_REPEATS = 3
+
+
+def loops(text: str) -> bool:
+    """Whether ``text`` repeats a run of 1 to ``LOOP_MAX_WORDS`` words ``LOOP_REPEATS``
+    times in a row (see the module's definition of looping)."""
+    words = re.findall(r"\w+", text.lower())
+    for size in range(1, LOOP_MAX_WORDS + 1):
+        span = size * LOOP_REPEATS
+        for start in range(len(words) - span + 1):
+            if words[start : start + span] == words[start : start + size] * LOOP_REPEATS:
+                return True
+    return False
 
 
 def _rate(answers: list[Answer]) -> float | None:
@@ -56,6 +75,7 @@ def _conditions(result: ArenaResult) -> dict[str, dict[str, Any]]:
             "per_user": _per_user(answers),
             "prompt_tokens_mean": round(mean(a.prompt_tokens for a in answers), 1),
             "must_exclude_hits": round(mean(bool(a.excluded) for a in answers), 4),
+            "looping": round(mean(loops(a.text) for a in answers), 4),
         }
     oracle = out.get("oracle", {}).get("success")
     for numbers in out.values():

@@ -29,14 +29,22 @@ def _fmt(value: Any) -> str:
 
 
 def _decoding(run: dict[str, Any]) -> str:
-    """How the run decoded, from its calibration settings (a plain dict in ``run``)."""
+    """How the run decoded, from its calibration and repetition settings (plain dicts
+    in ``run``)."""
     calibration = run.get("calibration") or {}  # none recorded: plain greedy decoding
-    if calibration.get("tokens", 0) <= 0 or calibration.get("strength", 0) <= 0:
-        return "greedy"
-    return (
-        f"greedy, first {calibration['tokens']} tokens calibrated "
-        f"(strength {calibration['strength']}, plausibility {calibration['plausibility']})"
-    )
+    described = "greedy"
+    if calibration.get("tokens", 0) > 0 and calibration.get("strength", 0) > 0:
+        described += (
+            f", first {calibration['tokens']} tokens calibrated "
+            f"(strength {calibration['strength']}, plausibility {calibration['plausibility']})"
+        )
+    off = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    controls = [
+        f"{name} {value}"
+        for name, value in (run.get("repetition") or {}).items()
+        if value != off.get(name, 0.0)
+    ]
+    return described + (f", {', '.join(controls)}" if controls else "")
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -50,13 +58,15 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "## Success per condition",
         "",
-        "| condition | success | of oracle | tasks | prompt tokens (mean) | must_exclude hits |",
-        "|---|---|---|---|---|---|",
+        "| condition | success | of oracle | tasks | prompt tokens (mean) | must_exclude hits "
+        "| looping |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, c in conditions.items():
         lines.append(
             f"| {name} | {_fmt(c['success'])} | {_fmt(c['fraction_of_oracle'])} | {c['n']} | "
-            f"{_fmt(c['prompt_tokens_mean'])} | {_fmt(c['must_exclude_hits'])} |"
+            f"{_fmt(c['prompt_tokens_mean'])} | {_fmt(c['must_exclude_hits'])} | "
+            f"{_fmt(c.get('looping'))} |"
         )
     lines += _baseline_rows(summary)
     users = run["users"]

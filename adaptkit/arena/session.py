@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from adaptkit.arena.backends import (
+    ARENA_REPETITION,
     ARENA_TRAIN,
     METHODS,
     KitLearner,
@@ -25,7 +26,7 @@ from adaptkit.arena.episodes import load_episodes
 from adaptkit.arena.metrics import summarize
 from adaptkit.arena.report import write_report
 from adaptkit.arena.runner import ArenaConfig, ArenaRunner
-from adaptkit.bank import Calibration
+from adaptkit.bank import Calibration, Repetition
 from adaptkit.base_model import DEFAULT_BASE, share_converted
 from adaptkit.cpu_memory import keep_freed_memory
 from adaptkit.errors import InputError
@@ -71,6 +72,8 @@ class ArenaOptions:
     sft: TrainConfig = ARENA_TRAIN
     # How every condition decodes: calibrated first tokens (adaptkit.bank.calibration).
     calibration: Calibration = field(default_factory=Calibration)
+    # How every condition controls repetition (adaptkit.bank.repetition).
+    repetition: Repetition = ARENA_REPETITION
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
 
@@ -159,7 +162,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
         )
     )
     runner = ArenaRunner(
-        KitResponder(kit, calibration=options.calibration),
+        KitResponder(kit, calibration=options.calibration, repetition=options.repetition),
         learner,
         build_retriever(options.retriever),
         config,
@@ -184,6 +187,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
             "max_new_tokens": options.max_new_tokens,
             "answer_batch": options.answer_batch,
             "calibration": asdict(options.calibration),
+            "repetition": asdict(options.repetition),
             "quick": options.quick,
             "threads": torch.get_num_threads(),
             "home": str(kit.home.root),

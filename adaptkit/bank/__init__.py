@@ -1,5 +1,5 @@
 """The adapter bank: tiers (disk -> RAM LRU -> active), batched multi-adapter layers,
-mixed-user generation, merge/unmerge and composition."""
+mixed-user generation with per-row repetition control, merge/unmerge and composition."""
 
 from adaptkit.bank.adapter import (
     PEFT_PREFIX,
@@ -20,6 +20,7 @@ from adaptkit.bank.engine import (
     SessionRow,
 )
 from adaptkit.bank.lora_linear import MultiLoraLinear, adaptable_shapes
+from adaptkit.bank.repetition import Repetition, RepetitionState
 from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank, BankStats, ByteLRU, CacheFullError
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "LoraWeights",
     "ModuleShape",
     "MultiLoraLinear",
+    "Repetition",
+    "RepetitionState",
     "Result",
     "Sampling",
     "SessionRow",

@@ -35,6 +35,7 @@ from adaptkit.bank.lora_linear import (
     wrap_linears,
 )
 from adaptkit.bank.merge import fold, merge_refusal, unfold
+from adaptkit.bank.repetition import Repetition, RepetitionState
 from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank
 from adaptkit.base_model import CATALOGUE, BaseModel
 from adaptkit.errors import AdaptkitError, InputError
@@ -178,14 +179,18 @@ class Engine:
         min_new_tokens: int = 0,
         errors: Literal["raise", "return"] = "raise",
         calibration: Calibration | None = None,
+        repetition: Repetition | Sequence[Repetition] | None = None,
     ) -> list[Result]:
         """Greedy answers for requests of any users, in one batch, each with its plan.
 
         ``calibration``: choose each answer's first tokens by calibrated decoding
         (``adaptkit.bank.calibration``); None: plain greedy decoding.
+        ``repetition``: repetition control (``adaptkit.bank.repetition``), one for every
+        row or one per request; None: none.
         """
         if errors not in ("raise", "return"):
             raise InputError(f"errors={errors!r}: choose 'raise' or 'return'")
+        settings = _per_row(repetition, len(requests))
         if not requests:
             return []
         plans = self.router.plan_batch(requests, max_new_tokens=max_new_tokens)
@@ -213,6 +218,7 @@ class Engine:
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens,
                 calibration=calibration,
+                repetition=[settings[i] for i in live],
             )
         finally:
             for key in pinned:
@@ -259,17 +265,19 @@ class Engine:
         max_new_tokens: int,
         min_new_tokens: int,
         calibration: Calibration | None,
+        repetition: Sequence[Repetition],
     ) -> list[tuple[list[int], str]]:
         if not requests:
             return []
         tokenizer = self.base.tokenizer
         prompts = [encode_prompt(tokenizer, as_messages(r.prompt)) for r in requests]
+        options = (max_new_tokens, min_new_tokens, calibration, repetition)
         if merge:
             with self.merged(rows[0]):
-                answers = self._decode(prompts, None, max_new_tokens, min_new_tokens, calibration)
+                answers = self._decode(prompts, None, *options)
         else:
             try:
-                answers = self._decode(prompts, rows, max_new_tokens, min_new_tokens, calibration)
+                answers = self._decode(prompts, rows, *options)
             finally:
                 self.clear_rows()
         return [
@@ -284,9 +292,11 @@ class Engine:
         max_new_tokens: int,
         min_new_tokens: int,
         calibration: Calibration | None,
+        repetition: Sequence[Repetition],
     ) -> list[list[int]]:
         """Each row's answer tokens, greedy (the first ``calibration.tokens`` of them
-        calibrated). ``rows`` None: the adapters are merged already.
+        calibrated) on logits under each row's ``repetition`` control. ``rows`` None:
+        the adapters are merged already.
 
         Finished rows leave the batch (their KV cache and adapter rows with them), so
         a batch costs what its open answers need, not all its rows until the longest ends.
@@ -300,10 +310,13 @@ class Engine:
             self.set_rows(rows)  # once: rows that leave or share are indexed from it
         request = self._prefill(prompts, rows, keys)
         prior = self._twins(rows, keys, calibration) if head else None
+        # Plain decoding keeps no history.
+        controlled = any(setting.active for setting in repetition)
+        history = RepetitionState(prompts, repetition) if controlled else None
         open_rows = list(range(len(prompts)))  # the original index of each batch row
         answers: list[list[int]] = [[] for _ in prompts]
         for step in range(max_new_tokens):
-            logits = request.logits
+            logits = request.logits if history is None else history.apply(request.logits)
             if step < min_new_tokens:
                 logits = logits.clone()
                 logits[:, stops] = float("-inf")
@@ -313,6 +326,8 @@ class Engine:
                 token = logits.argmax(dim=-1)
             for index, chosen in zip(open_rows, token.tolist(), strict=True):
                 answers[index].append(chosen)
+            if history is not None:
+                history.append(token)
             going = ~torch.isin(token, stops)
             if step + 1 == max_new_tokens or not bool(going.any()):
                 break
@@ -324,6 +339,8 @@ class Engine:
                     prior.select(keep)
                 if rows is not None:
                     self.select_rows(keep)
+                if history is not None:
+                    history.select(keep)
                 token = token[keep]
             if prior is not None and step + 1 < head:
                 prior.feed(token)  # the twin reads the same answer prefix as its row
@@ -377,15 +394,32 @@ class Engine:
         return stream
 
 
+def _per_row(repetition: Repetition | Sequence[Repetition] | None, rows: int) -> list[Repetition]:
+    """One ``Repetition`` per request, from one for all (or None: none) or one each."""
+    if repetition is None:
+        return [Repetition()] * rows
+    if isinstance(repetition, Repetition):
+        return [repetition] * rows
+    settings = list(repetition)
+    if len(settings) != rows or not all(isinstance(s, Repetition) for s in settings):
+        raise InputError(
+            f"repetition: give one Repetition for every request or one per request "
+            f"({rows}), got {len(settings)} items"
+        )
+    return settings
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How one row picks its tokens: greedy at ``temperature`` 0, else sampled from the
-    ``top_p`` nucleus with its own generator (``seed``: reproducible)."""
+    ``top_p`` nucleus with its own generator (``seed``: reproducible). Both choose from
+    the logits after the row's ``repetition`` control."""
 
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    repetition: Repetition = Repetition()
 
     def problems(self) -> list[str]:
         problems = []
@@ -430,6 +464,7 @@ class DecodeSession:
         self.engine = engine
         self.rows: list[SessionRow] = []
         self._stream: _Stream | None = None
+        self._history: RepetitionState | None = None  # row for row with the stream
         self._ids = itertools.count(1)
         tokenizer = engine.base.tokenizer
         self._stops = set(stop_token_ids(tokenizer))
@@ -507,10 +542,12 @@ class DecodeSession:
     def _prefill(self, rows: list[SessionRow], prompts: list[list[int]]) -> None:
         self.engine.set_rows([row.adapters for row in rows])
         fresh = _Stream(self.engine.base.model, *left_pad(prompts, self._pad_id))
+        history = RepetitionState(prompts, [row.sampling.repetition for row in rows])
         if self._stream is None:
-            self._stream = fresh
+            self._stream, self._history = fresh, history
         else:
             self._stream.join(fresh)
+            self._history.join(history)
         self.rows.extend(rows)
         self.engine.set_rows([row.adapters for row in self.rows])
 
@@ -521,7 +558,8 @@ class DecodeSession:
         if self._stream is None:
             return []
         stepped = list(self.rows)
-        chosen = self._choose(self._stream.logits)
+        chosen = self._choose(self._history.apply(self._stream.logits))
+        self._history.append(chosen)
         for row, token in zip(stepped, chosen.tolist(), strict=True):
             row.tokens.append(token)
             if token in self._stops:
@@ -550,12 +588,13 @@ class DecodeSession:
             return
         self.rows = [self.rows[i] for i in keep]
         if not keep:
-            self._stream = None
+            self._stream = self._history = None
             self.engine.clear_rows()
             return
         index = torch.tensor(keep)
         self._stream.select(index)
         self._stream.trim()
+        self._history.select(index)
         self.engine.select_rows(index)
 
     def _unpin(self, row: SessionRow) -> None:
@@ -564,7 +603,8 @@ class DecodeSession:
         row.pinned.clear()
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """Each row's next token: argmax, or a sample under its temperature and top_p."""
+        """Each row's next token: argmax, or a sample under its temperature and top_p
+        (``logits``: the rows' repetition control applied already)."""
         chosen = logits.argmax(dim=-1)
         for i, row in enumerate(self.rows):
             if row.generator is None:

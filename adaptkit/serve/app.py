@@ -133,7 +133,13 @@ def create_app(server: Server) -> FastAPI:
                 compose=body.compose,
                 user_weight=body.user_weight,
             ),
-            Sampling(body.token_limit(), body.temperature, body.top_p, body.seed),
+            Sampling(
+                body.token_limit(),
+                body.temperature,
+                body.top_p,
+                body.seed,
+                repetition=body.repetition(),
+            ),
             body.stops(),
             asyncio.get_running_loop(),
         )

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adaptkit.bank import Repetition
+
 DEFAULT_MAX_TOKENS = 128
 MAX_STOPS = 4
 
@@ -49,10 +51,24 @@ class _Generation(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="one answer per request")
+    # OpenAI's penalties on the answer's tokens; HF's (vLLM's extra body fields) on the
+    # prompt's and the answer's (adaptkit.bank.repetition).
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0, description="1: off")
+    no_repeat_ngram_size: int = Field(default=0, ge=0, le=64, description="0: off")
     user: str | None = Field(default=None, max_length=256, description="ignored (OpenAI's)")
     # adaptkit: shared adapters added to the user's (name -> weight), and the user's weight.
     compose: dict[str, float] | None = Field(default=None, max_length=8)
     user_weight: float = Field(default=1.0, ge=-4.0, le=4.0)
+
+    def repetition(self) -> Repetition:
+        return Repetition(
+            repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
+        )
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from bank_support import make_lora_dir, peft_reference, publish_dir
 
-from adaptkit.bank import Engine
+from adaptkit.bank import Engine, Repetition
 from adaptkit.base_model import load_base
 from adaptkit.home import Home
 from adaptkit.registry import Registry
@@ -106,3 +106,43 @@ def test_merged_stream_matches_and_restores_weights_bitwise(world) -> None:
         reference.model, reference.tokenizer, adapters["alice"], PROMPTS[2], TOKENS
     )
     assert merged.tokens == expected
+
+
+CONTROL_TOKENS = 40  # long enough for SmolLM2's greedy answers to repeat themselves
+
+
+@torch.inference_mode()
+def test_repetition_control_matches_transformers_generate_in_a_mixed_batch(world) -> None:
+    """Base and PEFT LoRA rows, each with its own control, in one batch (and the merged
+    path): each row's tokens are transformers' generate(do_sample=False, ...) alone."""
+    home, registry, adapters = world
+    rows = [
+        (None, PROMPTS[1], {"repetition_penalty": 1.3}),
+        ("alice", PROMPTS[1], {"no_repeat_ngram_size": 3}),
+        ("bob", PROMPTS[0], {"repetition_penalty": 1.2, "no_repeat_ngram_size": 2}),
+        (None, PROMPTS[2], {}),
+    ]
+    requests = [Request(prompt, user=user) for user, prompt, _ in rows]
+    controls = [Repetition(**options) for _, _, options in rows]
+    policy = RoutingPolicy(merge_min_new_tokens=1)
+    with Engine(load_base(BASE, home=home), registry, policy=policy,
+                shared_dir=home.root / "shared") as engine:  # fmt: skip
+        results = engine.generate(requests, max_new_tokens=CONTROL_TOKENS, repetition=controls)
+        merged = engine.generate(
+            requests[1:2], max_new_tokens=CONTROL_TOKENS, repetition=controls[1]
+        )[0]
+    assert merged.plan.kind == "merged" and results[1].plan.kind == "adapter"
+    reference = load_base(BASE, home=home)
+    changed = 0
+    for (user, prompt, options), result in zip(rows, results, strict=True):
+        adapter = adapters[user] if user else None
+        expected = peft_reference(
+            reference.model, reference.tokenizer, adapter, prompt, CONTROL_TOKENS, **options
+        )
+        assert result.tokens == expected, (user, options)
+        plain = peft_reference(
+            reference.model, reference.tokenizer, adapter, prompt, CONTROL_TOKENS
+        )
+        changed += expected != plain
+    assert merged.tokens == results[1].tokens
+    assert changed >= 2  # the controls change real answers: the parity means something

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,11 @@ from adaptkit.arena import (
     Learned,
     load_episodes,
 )
-from adaptkit.arena.backends import ARENA_TRAIN, StepPolicy
-from adaptkit.arena.metrics import summarize
+from adaptkit.arena.backends import ARENA_REPETITION, ARENA_TRAIN, StepPolicy
+from adaptkit.arena.metrics import loops, summarize
 from adaptkit.arena.report import portable_path, run_path, write_report
 from adaptkit.arena.runner import MAX_LENGTH_SPREAD, curve_points, length_batches
+from adaptkit.bank import Repetition
 from adaptkit.cli.main import main
 from adaptkit.errors import InputError
 from adaptkit.router import Request
@@ -123,7 +125,7 @@ class ScriptedResponder:
                 out.append("Paris." if request.user in (None, "alice") else "No idea.")
             elif request.user is None:
                 copied = [v for v in VALUES.values() if v in text]
-                out.append(f"Use a {copied[0]}." if copied else "Walk, I guess.")
+                out.append(f"Use a {copied[0]}." if copied else "Walk, walk, walk, I guess.")
             else:
                 out.append(f"By {self.learner.says[request.version]}.")
         return out
@@ -151,6 +153,7 @@ def test_every_number_from_scripted_backends(tmp_path: Path) -> None:
     assert conditions["adapter"]["success"] == 1.0
     assert conditions["adapter"]["per_user"] == {"alice": 1.0, "bob": 1.0}
     assert conditions["adapter"]["fraction_of_oracle"] == 1.0
+    assert conditions["base"]["looping"] == 1.0 and conditions["adapter"]["looping"] == 0.0
     # streamed in order: 1, 2 (doubling while k <= n/2), then all 5 records, per user
     assert learner.calls == [("alice", 1), ("alice", 2), ("alice", 5),
                              ("bob", 1), ("bob", 2), ("bob", 5)]  # fmt: skip
@@ -236,6 +239,17 @@ def test_curve_points_and_step_policy() -> None:
     assert StepPolicy(epochs=2, min_steps=6, max_steps=24).steps(1, 4) == 6
 
 
+def test_an_answer_loops_when_a_run_of_words_repeats_three_times_back_to_back() -> None:
+    assert loops("No, no, no, no, no")
+    assert loops("The navy, navy, navy coat")
+    assert loops("Take the bus. The bus, the bus, the bus.")
+    assert loops("I like it a lot i like it a lot I LIKE IT A LOT")
+    assert not loops("No, no. Take the bus to the bus station.")
+    assert not loops("a b c d e f g a b c d e f g a b c d e f g")  # 7 words: over the run limit
+    assert not loops("Go by bus, by bus if it rains.")  # twice is no loop
+    assert not loops("")
+
+
 def test_report_files_from_scripted_run(tmp_path: Path) -> None:
     report = _run(tmp_path, ScriptedLearner())
     out = tmp_path / "out"
@@ -257,9 +271,13 @@ def test_report_files_from_scripted_run(tmp_path: Path) -> None:
     text = paths["markdown"].read_text()
     assert "| adapter | 1.000 |" in text and "| leakage" in text
     assert "first 3 tokens calibrated (strength 0.5, plausibility 0.3)" in text
+    assert "| looping |" in text and "| base | 0.000 | 0.000 | 4 |" in text
     assert "target" not in text.lower()
     report["run"]["calibration"] = {**calibration, "tokens": 0}
     assert "decoding greedy ·" in write_report(report, out)["markdown"].read_text()
+    report["run"]["repetition"] = asdict(Repetition(repetition_penalty=1.2))
+    text = write_report(report, out)["markdown"].read_text()
+    assert "decoding greedy, repetition_penalty 1.2 ·" in text
     for key in ("curve", "conditions"):
         assert paths[key].read_bytes()[:4] == b"\x89PNG"
 
@@ -391,6 +409,16 @@ def test_arena_defaults_are_the_options_and_the_lora_flags_default_to_the_model(
     flags = ["arena", "run", "--out", str(out), "--top-layers", "2", "--alpha", "8"]
     assert CliRunner().invoke(main, flags).exit_code == 0
     assert taken[-1].lora == {"top_layers": 2, "alpha": 8.0}
+    assert taken[-1].repetition == Repetition(frequency_penalty=0.5) == ARENA_REPETITION
+    flags = ["arena", "run", "--out", str(out), "--repetition-penalty", "1.2"]
+    assert CliRunner().invoke(main, [*flags, "--no-repeat-ngram-size", "3"]).exit_code == 0
+    assert taken[-1].repetition == Repetition(
+        repetition_penalty=1.2, no_repeat_ngram_size=3, frequency_penalty=0.5
+    )
+    refused = CliRunner().invoke(
+        main, ["arena", "run", "--out", str(out), "--presence-penalty", "9"]
+    )
+    assert refused.exit_code == 2 and "presence_penalty must be in [-2, 2]" in refused.output
     help_text = CliRunner().invoke(main, ["arena", "run", "--help"]).output
     assert "[default: 24]" in help_text and "[default: 0.3]" in help_text
     assert "online trainer's shape for" in help_text
@@ -509,3 +537,17 @@ def test_online_method_streams_history_through_the_online_trainer(
             OnlineLearner(kit, config=config).learn("alice", history[:1])
     finally:
         learner.close()
+
+
+def test_kit_responder_answers_under_its_repetition_control(tmp_path: Path, tiny_model_dir: Path):
+    from adaptkit.arena import KitResponder
+    from adaptkit.kit import AdaptKit
+
+    control = Repetition(no_repeat_ngram_size=1)
+    prompt = "What should I cook for dinner tonight?"
+    with AdaptKit(tmp_path / "home", base=str(tiny_model_dir)) as kit:
+        answered = KitResponder(kit, repetition=control).answer(
+            [Request(prompt)], max_new_tokens=24
+        )
+        assert answered == kit.chat_many([prompt], max_new_tokens=24, repetition=control)
+        assert answered != KitResponder(kit).answer([Request(prompt)], max_new_tokens=24)

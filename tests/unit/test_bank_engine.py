@@ -11,7 +11,7 @@ import pytest
 import torch
 from bank_support import make_lora_dir, peft_reference, publish_dir
 
-from adaptkit.bank import Engine
+from adaptkit.bank import Engine, Repetition
 from adaptkit.bank.lora_linear import MultiLoraLinear
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError, UnknownUserError, UnknownVersionError
@@ -303,3 +303,80 @@ def test_pinned_versions_of_one_user_share_a_batch_with_the_active_one(
     assert [r.plan.adapters[0].version for r in rows] == [1, 2]
     assert rows[0].tokens == peft_reference(base.model, base.tokenizer, first, PROMPTS[0], TOKENS)
     assert rows[1].tokens == peft_reference(base.model, base.tokenizer, second, PROMPTS[0], TOKENS)
+
+
+# -- repetition control: greedy parity with transformers' generate ----------------------
+
+LOOP_TOKENS = 24  # long enough for the random tiny model to repeat itself
+CONTROLS = {
+    "penalty": {"repetition_penalty": 1.3},
+    "reward": {"repetition_penalty": 0.8},
+    "ngram2": {"no_repeat_ngram_size": 2},
+    "penalty+ngram3": {"repetition_penalty": 1.15, "no_repeat_ngram_size": 3},
+}
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=list(CONTROLS))
+@pytest.mark.parametrize("user", [None, "bob"], ids=["base", "peft-lora"])
+def test_repetition_control_matches_transformers_generate(
+    world: World, control: str, user: str | None
+) -> None:
+    options = CONTROLS[control]
+    base = world.base()
+    adapter = world.adapters.get(user) if user else None
+    expected = peft_reference(
+        base.model, base.tokenizer, adapter, PROMPTS[0], LOOP_TOKENS, **options
+    )
+    plain = peft_reference(base.model, base.tokenizer, adapter, PROMPTS[0], LOOP_TOKENS)
+    assert expected != plain  # the control changes this answer: parity means something
+    with world.engine() as engine:
+        result = engine.generate(
+            [Request(PROMPTS[0], user=user)],
+            max_new_tokens=LOOP_TOKENS,
+            repetition=Repetition(**options),
+        )[0]
+    assert result.tokens == expected
+
+
+def test_mixed_batch_of_adapters_and_controls_equals_each_row_alone(world: World) -> None:
+    """Rows of different adapters and controls, sharing a long prefix (left padding after
+    it): each row gets what it gets alone, and what transformers gives it alone."""
+    users = ["alice", "bob", None, "carol", "bob", None]
+    hf_options = [
+        {"repetition_penalty": 1.3},
+        {},
+        {"no_repeat_ngram_size": 2},
+        {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3},
+        {"no_repeat_ngram_size": 1},
+    ]
+    # The last row: OpenAI's penalties, which transformers does not have.
+    settings = [Repetition(**o) for o in hf_options]
+    settings.append(Repetition(frequency_penalty=0.5, presence_penalty=0.5))
+    prompts = [[SYSTEM, {"role": "user", "content": PROMPTS[i % 4]}] for i in range(len(users))]
+    base = world.base()
+    expected = [
+        peft_reference(base.model, base.tokenizer, world.adapters.get(u), p, LOOP_TOKENS, **o)
+        for u, p, o in zip(users, prompts, hf_options, strict=False)
+    ]
+    requests = [Request(p, user=u) for u, p in zip(users, prompts, strict=True)]
+    with world.engine() as engine:
+        batch = engine.generate(requests, max_new_tokens=LOOP_TOKENS, repetition=settings)
+        each = [
+            engine.generate([r], max_new_tokens=LOOP_TOKENS, repetition=s)[0]
+            for r, s in zip(requests, settings, strict=True)
+        ]
+        plain = engine.generate(requests[-1:], max_new_tokens=LOOP_TOKENS)[0]
+        # A bad row leaves the batch; the others keep their own controls.
+        bad = Request(PROMPTS[0], user="carol", compose={"nope": 1.0})
+        kept = engine.generate(
+            [requests[0], bad, requests[2]],
+            max_new_tokens=LOOP_TOKENS,
+            repetition=[settings[0], Repetition(no_repeat_ngram_size=1), settings[2]],
+            errors="return",
+        )
+        with pytest.raises(InputError, match="one per request"):
+            engine.generate(requests, repetition=settings[:2])
+    assert [r.tokens for r in batch] == [r.tokens for r in each]
+    assert [r.tokens for r in batch[:5]] == expected
+    assert batch[5].tokens != plain.tokens  # OpenAI's penalties act on the last row
+    assert not kept[1].ok and [kept[0].tokens, kept[2].tokens] == [each[0].tokens, each[2].tokens]

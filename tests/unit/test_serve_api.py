@@ -14,10 +14,17 @@ import pytest
 from bank_support import make_lora_dir, publish_dir
 from serve_support import serving
 
+from adaptkit.bank import Repetition
 from adaptkit.kit import AdaptKit
 from adaptkit.serve import ApiKeys, ServeConfig, Server
 
 MESSAGES = [{"role": "user", "content": "How long does it take me to get to the library?"}]
+CONTROL_TOKENS = 24
+CONTROLS = {
+    "plain": {},
+    "hf": {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+    "openai": {"frequency_penalty": 1.5, "presence_penalty": 0.5},
+}
 
 
 class World:
@@ -36,11 +43,14 @@ class World:
         self.app_key, _ = keys.create("app", users="team-*")
         self.all_key, _ = keys.create("app")
 
-    def alone(self, user: str | None, messages=MESSAGES, tokens: int = 8, version=None) -> str:
+    def alone(
+        self, user: str | None, messages=MESSAGES, tokens: int = 8, version=None, repetition=None
+    ) -> str:
         from adaptkit.router import Request
 
         request = Request(messages, user=user, version=version)
-        return self.kit.engine.generate([request], max_new_tokens=tokens)[0].text
+        results = self.kit.engine.generate([request], max_new_tokens=tokens, repetition=repetition)
+        return results[0].text
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +60,10 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     built.expected = {
         (user, version): built.alone(user, version=version)
         for user, version in [("alice", None), ("alice", 1), ("bob", None), (None, None)]
+    }
+    built.controlled = {
+        name: (built.alone("bob", tokens=CONTROL_TOKENS, repetition=Repetition(**fields)), fields)
+        for name, fields in CONTROLS.items()
     }
     config = ServeConfig(workers=0, max_batch=8, max_queue=64, max_body_bytes=4096)
     with built.kit, Server(built.kit, config) as server, serving(server) as url:
@@ -350,3 +364,48 @@ def test_a_client_that_disconnects_leaves_the_batch(world: World) -> None:
         time.sleep(0.05)
     assert cancelled() == before + 1
     assert "adaptkit_batch_size 0.0" in httpx.get(f"{world.url}/metrics").text
+
+
+def test_repetition_control_fields_answer_as_the_engine_does_alone(world: World) -> None:
+    """OpenAI's frequency_penalty / presence_penalty, and repetition_penalty /
+    no_repeat_ngram_size as extra body fields (vLLM's way), each request with its own."""
+    plain = world.controlled["plain"][0]
+
+    def ask(fields: dict, **options):
+        # The openai client's own arguments; the others go in the body as they are.
+        own = ("frequency_penalty", "presence_penalty")
+        openai_fields = {k: v for k, v in fields.items() if k in own}
+        extra = {k: v for k, v in fields.items() if k not in own}
+        return chat(
+            world,
+            f"{world.model}:bob",
+            max_tokens=CONTROL_TOKENS,
+            extra_body=extra or None,
+            **openai_fields,
+            **options,
+        )
+
+    for name in ("hf", "openai"):
+        expected, fields = world.controlled[name]
+        assert expected != plain, name  # the control changes this answer
+        assert ask(fields).choices[0].message.content == expected, name
+        chunks = ask(fields, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+
+
+def test_bad_repetition_control_fields_are_422_naming_the_field(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.all_key}"}
+    url = f"{world.url}/v1/chat/completions"
+    body = {"model": world.model, "messages": MESSAGES, "max_tokens": 4}
+    for field, value in (
+        ("repetition_penalty", 0),
+        ("no_repeat_ngram_size", -1),
+        ("frequency_penalty", 2.5),
+        ("presence_penalty", -3),
+    ):
+        refused = httpx.post(url, json={**body, field: value}, headers=headers)
+        error = refused.json()["error"]
+        assert refused.status_code == 422 and error["param"] == field, (field, error)
+        assert field in error["message"]
+    with pytest.raises(openai.UnprocessableEntityError, match="frequency_penalty"):
+        chat(world, world.model, frequency_penalty=2.5)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from bank_support import make_lora_dir, publish_dir
 
-from adaptkit.bank import Engine, Sampling, SessionRow
+from adaptkit.bank import Engine, Repetition, Sampling, SessionRow
 from adaptkit.base_model import load_base
 from adaptkit.errors import InputError, UnknownUserError
 from adaptkit.home import Home
+from adaptkit.prompting import as_messages, encode_prompt
 from adaptkit.registry import Registry
 from adaptkit.router import Request
 
@@ -36,8 +37,10 @@ def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield opened
 
 
-def alone(engine: Engine, request: Request, tokens: int) -> list[int]:
-    return engine.generate([request], max_new_tokens=tokens)[0].tokens
+def alone(
+    engine: Engine, request: Request, tokens: int, repetition: Repetition | None = None
+) -> list[int]:
+    return engine.generate([request], max_new_tokens=tokens, repetition=repetition)[0].tokens
 
 
 def drain(session, rows: list[SessionRow]) -> None:
@@ -110,3 +113,49 @@ def test_sampling_with_a_seed_repeats_and_differs_from_greedy(engine: Engine) ->
         sampled.append(row.tokens)
     assert sampled[0] == sampled[1]
     assert sampled[0] != alone(engine, request, 12)
+
+
+def test_rows_with_repetition_control_joining_mid_answer_get_their_answer_alone(
+    engine: Engine,
+) -> None:
+    """Each row keeps its own control and history (its prompt, never padding) while rows
+    of other lengths, adapters and controls join, leave and are retired around it."""
+    rows_in = [
+        (Request(PROMPTS[0], user="alice"), Repetition(repetition_penalty=1.4), 16),
+        (Request(PROMPTS[3]), Repetition(), 6),
+        (Request(PROMPTS[1], user="bob"), Repetition(no_repeat_ngram_size=2), 14),
+        (Request(PROMPTS[2], user="carol"), Repetition(frequency_penalty=1.0), 12),
+        (Request(PROMPTS[1], user="alice"), Repetition(no_repeat_ngram_size=1), 18),
+    ]
+    expected = [alone(engine, r, n, c) for r, c, n in rows_in]
+    plain = [alone(engine, r, n) for r, c, n in rows_in]
+    changed = [e != p for e, p, (_, c, _) in zip(expected, plain, rows_in, strict=True) if c.active]
+    assert all(changed)  # every control changes its row: the comparison means something
+
+    session = engine.session()
+    rows: list[SessionRow] = []
+    retired = session.admit([(Request(PROMPTS[1] + " " * 3), Sampling(40))])[0]
+    for request, control, length in rows_in:
+        (row,) = session.admit([(request, Sampling(length, repetition=control))])
+        rows.append(row)
+        session.step()
+        session.step()
+        if len(rows) == 2:
+            session.retire([retired])
+    drain(session, rows)
+    assert [row.tokens for row in rows] == expected
+
+
+def test_sampled_rows_apply_their_control_before_sampling(engine: Engine) -> None:
+    request = Request(PROMPTS[2], user="carol")
+    control = Sampling(12, temperature=0.7, seed=3, repetition=Repetition(no_repeat_ngram_size=1))
+    answers = []
+    for neighbours in ([], [(Request(PROMPTS[0], user="bob"), Sampling(12))]):
+        session = engine.session()
+        row, *others = session.admit([(request, control), *neighbours])
+        drain(session, [row, *others])
+        answers.append(row.tokens)
+    assert answers[0] == answers[1]  # its own generator and history, whoever shares the batch
+    prompt_ids = set(encode_prompt(engine.base.tokenizer, as_messages(PROMPTS[2])))
+    # no_repeat_ngram_size=1: no token of the prompt or of the answer comes twice.
+    assert len(set(answers[0])) == len(answers[0]) and not prompt_ids & set(answers[0])
