@@ -39,6 +39,7 @@ KIT_METHODS = {
     "sft-anchor": ("sft", False),  # plus the base's own answers to ANCHOR_PROMPTS
     "sft-kl": ("sft", True),
     "contrast-kl": ("contrast", True),
+    "principles-kl": ("principles", True),
 }
 METHODS = (*KIT_METHODS, "online")  # online: streamed through OnlineTrainer
 
