@@ -115,11 +115,23 @@ def _request(example: Example) -> str:
     return example.messages[-1]["content"]
 
 
+def one_per_event(examples: Sequence[Example]) -> list[Example]:
+    """One example per event: training on a whole log, the history is the batch itself."""
+    seen: set[int] = set()
+    out = []
+    for example in examples:
+        if example.event_id is None or example.event_id not in seen:
+            out.append(example)
+        if example.event_id is not None:
+            seen.add(example.event_id)
+    return out
+
+
 def as_decisions(examples: Sequence[Example], history: Sequence[Example] = ()) -> list[Example]:
     """``examples`` with every decision's completion set to its canonical target and its
     ``choices`` to the other candidates; other examples unchanged. ``history``: the user's
     earlier examples, which count toward the label set and the option answer form."""
-    everything = [*history, *examples]
+    everything = one_per_event([*history, *examples])
     labels = label_set([e.completion for e in everything])
     picks = [
         pick
@@ -145,4 +157,12 @@ def as_decisions(examples: Sequence[Example], history: Sequence[Example] = ()) -
     return out
 
 
-__all__ = ["LABEL_CHARS", "LABEL_WORDS", "MIN_LABELED", "Option", "as_decisions", "options"]
+__all__ = [
+    "LABEL_CHARS",
+    "LABEL_WORDS",
+    "MIN_LABELED",
+    "Option",
+    "as_decisions",
+    "one_per_event",
+    "options",
+]

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from adaptkit.feedback import Completion, EventBatch, FeedbackEvent
 from adaptkit.learning import losses
-from adaptkit.learning.decisions import as_decisions
+from adaptkit.learning.decisions import as_decisions, one_per_event
 from adaptkit.learning.principles import GENERAL_PROMPTS, principles
 from adaptkit.retrieval import BM25Retriever
 
@@ -442,7 +442,7 @@ class PrinciplesRule:
         answers = sft._answers(batch)
         if not answers.examples:
             return sft.select(batch, context)
-        statements = principles([*context.history, *answers.examples], context.notes)
+        statements = principles(one_per_event([*context.history, *answers.examples]), context.notes)
         own = sft.select(batch, context).examples
         if not statements:
             return Selection(own, answers.outcomes)

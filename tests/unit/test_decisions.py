@@ -156,3 +156,14 @@ def test_training_on_decisions_makes_the_chosen_label_most_likely(tiny_base) -> 
         assert sums[0] > sums[2] and sums[1] > sums[3]
     finally:
         slot.model.unload()
+
+
+def test_a_log_trained_whole_counts_each_event_once() -> None:
+    # Training on a whole log, the rule's history is the log itself: four different short
+    # answers are no label set, however often the same events are passed.
+    answers = [
+        Example(ask(f"Q{i}"), a, event_id=i) for i, a in enumerate(["Yes", "No", "Hm", "Ok"])
+    ]
+    assert as_decisions(answers, history=answers) == answers
+    rated = [Example(ask(f"Rate {i}"), f"[{i % 2}]", event_id=i) for i in range(4)]
+    assert [e.choices for e in as_decisions(rated, history=rated)] == [("[1]",), ("[0]",)] * 2
