@@ -136,3 +136,36 @@ def test_the_principles_rule_trains_and_its_loss_falls(tiny_base) -> None:
         assert history[-1] < history[0] - 1e-3, history
     finally:
         slot.model.unload()
+
+
+def test_the_arena_trains_principles_kl_with_the_teacher_and_the_anchor(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from adaptkit.arena import KitLearner
+    from adaptkit.arena.episodes import HistoryRecord
+    from adaptkit.interactions import Interaction, Message
+    from adaptkit.kit import AdaptKit
+    from adaptkit.training import TrainConfig
+
+    history = [
+        HistoryRecord(
+            i,
+            "priya",
+            i,
+            Interaction("priya", (Message("user", e.messages[0]["content"]),), e.completion),
+            "test",
+        )
+        for i, e in enumerate(NOTES)
+    ]
+    with AdaptKit(tmp_path / "home", base=str(tiny_model_dir)) as kit:
+        learner = KitLearner(
+            kit,
+            method="principles-kl",
+            lora=LoraSpec(rank=2, targets="gate_proj,up_proj,down_proj", top_layers=1),
+            config=TrainConfig(steps=2),
+        )
+        learned = learner.learn("priya", history)
+        version = kit.registry.versions("priya")[-1]
+    assert version.method == "principles+kl" and learned.version == version.number
+    # the user's 4 answers and the teacher's answers to every general request it answered
+    assert len(NOTES) < learned.examples <= len(NOTES) + len(GENERAL_PROMPTS)
