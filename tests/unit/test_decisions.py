@@ -36,18 +36,15 @@ def test_options_need_markers_in_order_at_line_starts() -> None:
     assert options("A. One\nC. Skipped B") == []
 
 
-def test_an_option_answer_becomes_the_option_line_with_the_others_as_choices() -> None:
+def test_an_option_answer_becomes_the_option_text_with_the_others_as_choices() -> None:
     examples = [
         Example(ask(MENU), "I'd go with the falafel wrap, thanks."),
         Example(ask(LUNCH), "2"),
         Example(ask("Write a note to Sam."), "Hi Sam! Cheers, Priya"),
     ]
     got = as_decisions(examples)
-    assert (got[0].completion, got[0].choices) == (
-        "B. Falafel wrap",
-        ("A. Beef burger", "C. Chicken wings"),
-    )
-    assert (got[1].completion, got[1].choices) == ("(2) Lentil soup", ("(1) Ham sandwich",))
+    assert (got[0].completion, got[0].choices) == ("Falafel wrap", ("Beef burger", "Chicken wings"))
+    assert (got[1].completion, got[1].choices) == ("Lentil soup", ("Ham sandwich",))
     assert got[2] == examples[2]  # not a decision: as written
 
 
@@ -108,12 +105,7 @@ def test_sft_rows_and_loss_with_and_without_decisions() -> None:
     picked = rule.select(_menu_batch(), RuleContext())
     assert picked.outcomes == plain.outcomes
     rows = rule.rows(picked.examples)
-    assert [c for _, c in rows] == [
-        "B. Falafel wrap",
-        "Hi Sam!",
-        "A. Beef burger",
-        "C. Chicken wings",
-    ]
+    assert [c for _, c in rows] == ["Falafel wrap", "Hi Sam!", "Beef burger", "Chicken wings"]
     sums, counts = torch.tensor([-2.0, -5.0, -3.0, -4.0]), torch.tensor([4, 3, 4, 5])
     expected = losses.sft_loss(sums[:2], counts[:2]) + 0.5 * losses.choice_loss(sums[0], sums[2:])
     assert torch.allclose(rule.loss(picked.examples, (sums, counts), None), expected)
