@@ -159,3 +159,19 @@ def test_a_log_trained_whole_counts_each_event_once() -> None:
     assert as_decisions(answers, history=answers) == answers
     rated = [Example(ask(f"Rate {i}"), f"[{i % 2}]", event_id=i) for i in range(4)]
     assert [e.choices for e in as_decisions(rated, history=rated)] == [("[1]",), ("[0]",)] * 2
+
+
+def test_the_bundled_suite_holds_no_decision() -> None:
+    # The arena learns decisions by default; on the bundled suite that changes nothing.
+    from adaptkit.arena.episodes import load_episodes
+    from adaptkit.arena.session import BUNDLED_SUITE
+
+    suite = load_episodes(BUNDLED_SUITE)
+    for records in suite.history.values():
+        examples = [
+            Example(
+                ask(r.interaction.messages[-1].content), r.interaction.sft_target or "", event_id=i
+            )
+            for i, r in enumerate(records)
+        ]
+        assert as_decisions(examples) == examples
