@@ -110,7 +110,7 @@ class AdaptKit:
 
         ``log`` is a path to an interaction log or already-parsed interactions. The
         whole log is validated first; lines of other users are ignored. ``method``:
-        sft | dpo | kto | distill | contrast (see ``adaptkit.learning.rules``).
+        sft | dpo | kto | distill | contrast | principles (see ``adaptkit.learning.rules``).
         ``kl_anchor``: add the online trainer's KL(base || adapter) on general prompts
         (any method).
         """

@@ -74,6 +74,8 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     "(plus replay of the base model's own answers to unrelated requests); sft-kl (plus "
     "the online trainer's KL to the base on general prompts: keeps general ability); "
     "contrast-kl (sft-kl plus DPO of each answer over the user's answer to another request); "
+    "principles-kl (sft-kl plus a teacher's answers to general requests, the teacher "
+    "prompted with the user's habits derived from their history); "
     "online (the history streamed in order into the online trainer; needs a fresh --home)",
 )
 @click.option(

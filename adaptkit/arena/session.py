@@ -197,6 +197,7 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
                 "lr": options.sft.lr,
                 "batch_size": options.sft.batch_size,
                 "word_dropout": options.sft.word_dropout,
+                "choice_weight": options.sft.choice_weight,
             },
         },
     )

@@ -42,6 +42,17 @@ def sft_loss(logp_sums: Tensor, counts: Tensor) -> Tensor:
     return -logp_sums.sum() / counts.sum().clamp(min=1)
 
 
+def choice_loss(target: Tensor, candidates: Tensor) -> Tensor:
+    """Cross-entropy of one decision: -log softmax([target, *candidates])[0].
+
+    ``target``: the summed log-prob of the chosen answer (a scalar); ``candidates``: those
+    of the answers it was chosen over (K,). The decision, whatever the answers' lengths:
+    a label of two tokens and an option line of six compete on their whole sequences.
+    """
+    scores = torch.cat([target.reshape(1), candidates])
+    return -torch.log_softmax(scores, dim=0)[0]
+
+
 def dpo_loss(
     policy_chosen: Tensor,
     policy_rejected: Tensor,

@@ -14,7 +14,14 @@ distill  answers of a teacher (the base model with the user's  users state princ
          by the adapter *without* that context (off-policy)    prompt needs no memory
 contrast what sft learns from, plus DPO of each answer over    a user's answers follow a few
          the user's answer to another request                  templates: answer *this* request
+princi-  what sft learns from, plus a teacher's answers to      habits should carry over to new
+ples     general requests, the teacher having the user's        kinds of request and stay out
+         principles (derived from their answers) in its prompt  of unrelated ones
 ======== ===================================================== ===============================
+
+``sft`` and ``principles`` take ``choice_weight``: answers that are a decision (an option
+picked, a label of the user's small set) are learned as that decision
+(``learning.decisions``).
 
 Every event gets an outcome: ``trained`` or ``skipped: <why>`` (e.g. a thumbs-down
 under ``sft`` says what is wrong but not what is right). Nothing is dropped silently.
@@ -32,6 +39,8 @@ from torch import Tensor
 
 from adaptkit.feedback import Completion, EventBatch, FeedbackEvent
 from adaptkit.learning import losses
+from adaptkit.learning.decisions import as_decisions, one_per_event
+from adaptkit.learning.principles import GENERAL_PROMPTS, principles
 from adaptkit.retrieval import BM25Retriever
 
 Messages = tuple[dict[str, str], ...]
@@ -51,6 +60,7 @@ class Example:
     desirable: bool = True  # kto: thumbs up (True) or down (False)
     event_id: int | None = None
     others: tuple[str, ...] = ()  # contrast: the user's answers to other requests
+    choices: tuple[str, ...] = ()  # a decision: the answers it was chosen over (decisions)
 
 
 @dataclass(frozen=True)
@@ -120,12 +130,25 @@ NOTE_KEPT = "skipped: a note trains only through the distill rule (kept as its c
 
 @dataclass(frozen=True)
 class SFTRule:
-    """Supervised fine-tuning on the answers the user accepted, wrote or chose."""
+    """Supervised fine-tuning on the answers the user accepted, wrote or chose.
 
+    ``choice_weight`` > 0: records whose answer is a decision (an option picked, a label
+    from the user's small set: ``learning.decisions``) are trained on the decision in a
+    short canonical form, plus ``choice_weight`` times the cross-entropy of that decision
+    against the alternatives. 0 trains every answer as written.
+    """
+
+    choice_weight: float = 0.0
     name: str = "sft"
     needs_reference: bool = False
 
     def select(self, batch: EventBatch, context: RuleContext) -> Selection:
+        selection = self._answers(batch)
+        if self.choice_weight <= 0:
+            return selection
+        return Selection(as_decisions(selection.examples, context.history), selection.outcomes)
+
+    def _answers(self, batch: EventBatch) -> Selection:
         examples, outcomes = [], {}
         for event in batch.events:
             request = _request(batch, event)
@@ -140,10 +163,27 @@ class SFTRule:
         return Selection(examples, outcomes)
 
     def rows(self, examples: Sequence[Example]) -> list[tuple[Messages, str]]:
-        return [(e.messages, e.completion) for e in examples]
+        own = [(e.messages, e.completion) for e in examples]
+        return own + [(e.messages, choice) for e in examples for choice in e.choices]
 
     def loss(self, examples, policy, reference) -> Tensor:
-        return losses.sft_loss(*policy)
+        n = len(examples)
+        sums, counts = policy
+        loss = losses.sft_loss(sums[:n], counts[:n])
+        if len(sums) == n:  # no decisions among the examples
+            return loss
+        return loss + self.choice_weight * _choice_term(examples, sums)
+
+
+def _choice_term(examples: Sequence[Example], sums: Tensor) -> Tensor:
+    """Mean choice loss of the decisions; their alternatives' rows follow the n own rows."""
+    terms, row = [], len(examples)
+    for index, example in enumerate(examples):
+        if example.choices:
+            others = sums[row : row + len(example.choices)]
+            terms.append(losses.choice_loss(sums[index], others))
+            row += len(example.choices)
+    return torch.stack(terms).mean()
 
 
 @dataclass(frozen=True)
@@ -364,13 +404,70 @@ class DistillRule:
         return losses.sft_loss(*policy)
 
 
-RULES = ("sft", "dpo", "kto", "distill", "contrast")
+PRINCIPLES_HEADER = (
+    "What this user's past answers show about their habits. Follow a habit only when "
+    "the request is of that kind:"
+)
 
 
-def build_rule(name: str, *, beta: float = 0.1) -> UpdateRule:
-    """The rule called ``name`` (``--method``)."""
+def principle_messages(prompt: str, statements: Sequence[str]) -> list[dict[str, str]]:
+    """The principles teacher's prompt: the user's principles, then the request."""
+    lines = [PRINCIPLES_HEADER, *(f"- {s}" for s in statements)]
+    return [{"role": "system", "content": "\n".join(lines)}, {"role": "user", "content": prompt}]
+
+
+@dataclass(frozen=True)
+class PrinciplesRule:
+    """SFT on the user's answers, plus distillation of principles on general requests.
+
+    The user's principles (``learning.principles``: their notes, label set and habit
+    phrases, derived from all their answers so far) go into a teacher's prompt: the base
+    model, adapter disabled. The teacher answers ``general`` requests of many kinds, and
+    the adapter learns those answers without the principles in its prompt, next to the
+    user's own answers (for the user's own requests, their answer is the best teacher).
+    Off-policy: the teacher answers once per update, greedily. The general requests
+    teach where a habit carries over and where it has no place, so the adapter does not
+    learn "this user's answer" as one template for everything.
+    """
+
+    choice_weight: float = 0.0
+    general: tuple[str, ...] = GENERAL_PROMPTS
+    name: str = "principles"
+    needs_reference: bool = False
+
+    def select(self, batch: EventBatch, context: RuleContext) -> Selection:
+        if context.teacher is None:
+            raise ValueError("the principles rule needs a teacher in its RuleContext")
+        sft = SFTRule(choice_weight=self.choice_weight)
+        answers = sft._answers(batch)
+        if not answers.examples:
+            return sft.select(batch, context)
+        statements = principles(one_per_event([*context.history, *answers.examples]), context.notes)
+        own = sft.select(batch, context).examples
+        if not statements:
+            return Selection(own, answers.outcomes)
+        taught = context.teacher([principle_messages(p, statements) for p in self.general])
+        distilled = [
+            Example(({"role": "user", "content": p},), answer)
+            for p, answer in zip(self.general, taught, strict=True)
+            if answer.strip()
+        ]
+        return Selection(own + distilled, answers.outcomes)
+
+    def rows(self, examples: Sequence[Example]) -> list[tuple[Messages, str]]:
+        return SFTRule(choice_weight=self.choice_weight).rows(examples)
+
+    def loss(self, examples, policy, reference) -> Tensor:
+        return SFTRule(choice_weight=self.choice_weight).loss(examples, policy, reference)
+
+
+RULES = ("sft", "dpo", "kto", "distill", "contrast", "principles")
+
+
+def build_rule(name: str, *, beta: float = 0.1, choice_weight: float = 0.0) -> UpdateRule:
+    """The rule called ``name`` (``--method``); ``choice_weight``: sft's decisions."""
     if name == "sft":
-        return SFTRule()
+        return SFTRule(choice_weight=choice_weight)
     if name == "dpo":
         return DPORule(beta=beta)
     if name == "kto":
@@ -379,6 +476,8 @@ def build_rule(name: str, *, beta: float = 0.1) -> UpdateRule:
         return DistillRule()
     if name == "contrast":
         return ContrastRule(beta=beta)
+    if name == "principles":
+        return PrinciplesRule(choice_weight=choice_weight)
     from adaptkit.errors import InputError
 
     raise InputError(f"--method {name!r} is not one of {', '.join(RULES)}")

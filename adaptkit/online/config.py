@@ -14,7 +14,7 @@ class OnlineConfig:
     """Settings of online updates. Field names are the CLI flags (``--steps`` ...)."""
 
     method: str = field(
-        default="sft", metadata={"help": "update rule: sft|dpo|kto|distill|contrast"}
+        default="sft", metadata={"help": "update rule: sft|dpo|kto|distill|contrast|principles"}
     )
     steps: int = field(default=4, metadata={"help": "optimizer steps per update"})
     lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
@@ -31,6 +31,10 @@ class OnlineConfig:
     )
     l2_weight: float = field(default=0.0, metadata={"help": "pull toward the previous version"})
     beta: float = field(default=0.1, metadata={"help": "dpo/kto temperature"})
+    choice_weight: float = field(
+        default=0.0,
+        metadata={"help": "sft: weight of choosing a decision over its alternatives (0: off)"},
+    )
     holdout_every: int = field(default=5, metadata={"help": "hold back events with id % N == 0"})
     backtrack: int = field(
         default=1, metadata={"help": "halvings of an update tried when the gate refuses it"}
@@ -59,7 +63,7 @@ class OnlineConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 problems.append(f"--{name} must be a positive finite number, got {value}")
-        for name in ("kl_weight", "l2_weight"):
+        for name in ("kl_weight", "l2_weight", "choice_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0, got {value}")

@@ -100,7 +100,9 @@ class OnlineTrainer:
         self.base = base
         self.base_name = base_name or base.name
         self.config = config or OnlineConfig()
-        self.rule = build_rule(self.config.method, beta=self.config.beta)
+        self.rule = build_rule(
+            self.config.method, beta=self.config.beta, choice_weight=self.config.choice_weight
+        )
         self.slot = AdapterSlot(base, lora or online_lora(base.model.config.num_hidden_layers))
         suite = gate.probes if gate is not None else (probes or ProbeSuite())
         if suite.base_accuracy is None:  # not prepared on this base yet

@@ -28,8 +28,19 @@ class TrainConfig:
         },
     )
 
+    choice_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "sft: train answers that are a decision (an option picked, a label from "
+            "the user's small set) on that decision, with this weight on choosing it over "
+            "the alternatives; 0 trains every answer as written"
+        },
+    )
+
     def __post_init__(self) -> None:
         problems = []
+        if not math.isfinite(self.choice_weight) or self.choice_weight < 0:
+            problems.append(f"--choice-weight must be >= 0, got {self.choice_weight}")
         if self.steps < 1:
             problems.append(f"--steps must be >= 1, got {self.steps}")
         if not math.isfinite(self.lr) or self.lr <= 0:

@@ -80,7 +80,7 @@ class Fitter:
         ``kl_anchor``: every step also pulls the adapter's next-token distributions on
         general prompts toward the base's, as the online trainer does (its defaults).
         """
-        rule = build_rule(method, beta=beta)
+        rule = build_rule(method, beta=beta, choice_weight=config.choice_weight)
         slot = AdapterSlot(self.base, lora, bottoms=self.caches.bottoms)
         try:
             slot.reset(seed=config.seed)
@@ -139,7 +139,9 @@ class Fitter:
 
 def _shuffled_batches(examples: list[Example], config: TrainConfig):
     """``batches(step)`` for the step loop: epochs over the examples in a seeded random
-    order, each example one of its word-dropout views (``learning.augment``)."""
+    order, each example one of its word-dropout views (``learning.augment``). A decision
+    (``learning.decisions``) keeps its request whole: dropout keeps the words its answer
+    repeats, which would be the chosen option's words only."""
     rng = random.Random(config.seed)
     dropout = RequestDropout(config.word_dropout)
     views = [
@@ -147,7 +149,7 @@ def _shuffled_batches(examples: list[Example], config: TrainConfig):
             replace(e, messages=dropout.messages(e.messages, e.completion, rng))
             for _ in range(DROPOUT_VIEWS)
         ]
-        if config.word_dropout
+        if config.word_dropout and not e.choices
         else [e]
         for e in examples
     ]

@@ -405,7 +405,10 @@ def test_arena_defaults_are_the_options_and_the_lora_flags_default_to_the_model(
     assert taken[-1] == ArenaOptions(out=out)
     assert taken[-1].lora is None  # the learner computes the shape from the loaded model
     assert ArenaOptions(out=out).sft == ARENA_TRAIN
-    assert TrainConfig(steps=24, lr=4e-3, batch_size=4, word_dropout=0.3) == ARENA_TRAIN
+    assert (
+        TrainConfig(steps=24, lr=4e-3, batch_size=4, word_dropout=0.3, choice_weight=1.0)
+        == ARENA_TRAIN
+    )
     flags = ["arena", "run", "--out", str(out), "--top-layers", "2", "--alpha", "8"]
     assert CliRunner().invoke(main, flags).exit_code == 0
     assert taken[-1].lora == {"top_layers": 2, "alpha": 8.0}
