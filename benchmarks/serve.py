@@ -117,6 +117,7 @@ async def track_update(http, url, user, posted_at, event_id, deadline, updates) 
         state = (await http.get(f"{url}/v1/feedback/{event_id}")).json()
         if state["state"] != "pending":
             entry |= {"state": state["state"], "version_status": state.get("version_status")}
+            entry["trained_seen"] = time.perf_counter() - posted_at
             if state["state"] != "trained" or state["version_status"] != "active":
                 return
             want = f"{BASE}:{user}@{state['version']}"
@@ -125,12 +126,42 @@ async def track_update(http, url, user, posted_at, event_id, deadline, updates) 
                 "messages": [{"role": "user", "content": "How do I get to work?"}],
                 "max_tokens": 1,
             }
+            asked = time.perf_counter()
             answer = (await http.post(f"{url}/v1/chat/completions", json=body)).json()
+            entry["answer_seconds"] = time.perf_counter() - asked
             if answer.get("model") == want:
                 entry["seconds"] = time.perf_counter() - posted_at
                 entry["answered_at"] = time.perf_counter()
             return
         await asyncio.sleep(0.25)
+
+
+def update_stages(url: str) -> dict[str, tuple[float, float]]:
+    """The server's ``adaptkit_update_stage_seconds``: stage -> (sum, count) so far."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stages: dict[str, list[float]] = {}
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        if family.name != "adaptkit_update_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = stages.setdefault(sample.labels["stage"], [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                stage[0] = sample.value
+            elif sample.name.endswith("_count"):
+                stage[1] = sample.value
+    return {name: (total, count) for name, (total, count) in stages.items()}
+
+
+def stage_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean seconds per update of each stage between two ``update_stages`` readings."""
+    means = {}
+    for name, (total, count) in after.items():
+        total0, count0 = before.get(name, (0.0, 0.0))
+        if count > count0:
+            means[name] = round((total - total0) / (count - count0), 3)
+    return means
 
 
 async def load(url: str, clients: int, users: list[str], args, *, stream: bool, feedback: bool):
@@ -193,6 +224,8 @@ async def load(url: str, clients: int, users: list[str], args, *, stream: bool, 
         "ttft_p99_s": percentile([r["ttft"] for r in ok if r["ttft"] is not None], 0.99),
     }
     if feedback:
+        seen = [u["trained_seen"] for u in updates if "seconds" in u]
+        asked = [u["answer_seconds"] for u in updates if "seconds" in u]
         summary["feedback"] = {
             "acknowledged": len(acked),
             "lost": lost,
@@ -204,6 +237,10 @@ async def load(url: str, clients: int, users: list[str], args, *, stream: bool, 
             "to_new_version_max_s": percentile(seconds, 1.0),
             "to_new_version_under_load_p50_s": percentile(under_load, 0.5),
             "answered_under_load": len(under_load),
+            # posted -> the tracker saw it trained (update wait + update + poll), and the
+            # one-token request that then found the new version
+            "to_trained_seen_p50_s": percentile(seen, 0.5),
+            "new_version_answer_p50_s": percentile(asked, 0.5),
         }
     return summary, ok
 
@@ -400,7 +437,9 @@ def main() -> None:
         try:
             for n in clients:
                 progress(f"adaptkit serve, {n} clients")
+                before = update_stages(url)
                 summary, ok = asyncio.run(load(url, n, users, args, stream=True, feedback=True))
+                summary["feedback"]["update_stage_mean_s"] = stage_means(before, update_stages(url))
                 results.setdefault("adaptkit", {})[f"clients_{n}"] = summary
                 answers = ok
                 progress(json.dumps(summary))

@@ -38,22 +38,35 @@ class _Observed:
 
     def update(self, user_id: str) -> UpdateResult | None:
         began = time.perf_counter()
+        started = datetime.now(timezone.utc)
         pending = self.log.pending(user_id, limit=self.trainer.config.max_events).events
         result = self.trainer.update(user_id)
         if result is None:
             return None
         self.metrics.update_seconds.observe(time.perf_counter() - began)
-        if result.version is not None:
-            verdict = "promoted" if result.promoted else "refused"
-            self.metrics.versions.labels(verdict).inc()
-            now = datetime.now(timezone.utc)
-            for event in pending:
-                if event.created_at is not None and event.id in result.outcomes:
-                    created = event.created_at
-                    if created.tzinfo is None:  # SQLite gives naive UTC datetimes back
-                        created = created.replace(tzinfo=timezone.utc)
-                    self.metrics.feedback_to_version.observe((now - created).total_seconds())
+        if result.version is None:
+            return result
+        verdict = "promoted" if result.promoted else "refused"
+        self.metrics.versions.labels(verdict).inc()
+        now = datetime.now(timezone.utc)
+        committed = [
+            _utc(e.created_at)
+            for e in pending
+            if e.created_at is not None and e.id in result.outcomes
+        ]
+        for created in committed:
+            self.metrics.feedback_to_version.observe((now - created).total_seconds())
+        if committed:
+            wait = (started - min(committed)).total_seconds()
+            self.metrics.update_stage.labels("wait").observe(max(0.0, wait))
+        for stage, seconds in result.timings.items():
+            self.metrics.update_stage.labels(stage).observe(seconds)
         return result
+
+
+def _utc(created: datetime) -> datetime:
+    """SQLite gives naive UTC datetimes back."""
+    return created if created.tzinfo is not None else created.replace(tzinfo=timezone.utc)
 
 
 class Learner:

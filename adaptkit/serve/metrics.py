@@ -49,6 +49,14 @@ class ServeMetrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.update_stage = Histogram(
+            "adaptkit_update_stage_seconds",
+            "one online update by stage: wait (oldest event committed to the update's "
+            "start), select, warm_start, train, gate, publish",
+            ["stage"],
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.versions = Counter(
             "adaptkit_versions", "online updates by verdict", ["verdict"], registry=r
         )
