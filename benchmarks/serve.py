@@ -9,6 +9,8 @@ weights (``benchmarks/bank.py``'s ``make_adapters``). For each N in ``--clients`
 concurrent clients send chat completions (streamed, greedy) for random users;
 every ``--feedback-every``-th request to a learning user (every fourth) is followed by
 an edit, whose update is then tracked to the first completion answered by the new version.
+The learning users' adapters have the shape the online trainer gives a new user
+(``--learner-targets online``) or all-linear on every layer (``all-linear``).
 
 The peer, in the same run: the server a developer would write without adaptkit, FastAPI
 + PEFT, one ``set_adapter`` + ``generate`` per request (adapters loaded on first use),
@@ -400,6 +402,14 @@ def main() -> None:
     parser.add_argument("--ceiling-requests", type=int, default=64)
     parser.add_argument("--isolation-sample", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--learner-targets",
+        choices=("online", "all-linear"),
+        default="online",
+        help="the learning users' adapters: the shape the online trainer gives a new user "
+        "(adaptkit.learning.online_lora: MLPs of the top layers) or all-linear on every "
+        "layer, as the other users' (an update of that shape takes ~4x as long)",
+    )
     parser.add_argument("--peer", type=Path, default=None, help=argparse_hidden())
     parser.add_argument("--port", type=int, default=0, help=argparse_hidden())
     args = parser.parse_args()
@@ -412,10 +422,22 @@ def main() -> None:
         root = Path(tmp)
         home, registry = scratch_home(root, args.model_cache)
         from adaptkit.base_model import load_base
+        from adaptkit.learning import online_lora
 
         progress(f"publishing {args.users} users' adapters")
         users = [f"user{i:03d}" for i in range(args.users)]
-        paths = make_adapters(load_base(BASE, home=home), root, args.users, 8, args.seed)
+        base = load_base(BASE, home=home)
+        paths = make_adapters(base, root, args.users, 8, args.seed)
+        if args.learner_targets == "online":
+            spec = online_lora(base.model.config.num_hidden_layers)
+            (root / "online").mkdir()
+            shaped = make_adapters(
+                base, root / "online", args.users, spec.rank, args.seed,
+                targets=spec.target_modules(base.model), layers=spec.layers(base.model),
+            )  # fmt: skip
+            mixed = zip(users, paths, shaped, strict=True)
+            paths = [new if learns(user) else old for user, old, new in mixed]
+        del base
         for user, path in zip(users, paths, strict=True):
             if learns(user):
                 soften(path)

@@ -20,6 +20,9 @@ class ServeMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
+        self.decode_threads = Gauge(
+            "adaptkit_decode_threads", "torch threads decoding uses now", registry=r
+        )
         self.output_tokens = Counter("adaptkit_output_tokens", "tokens generated", registry=r)
         self.requests = Counter(
             "adaptkit_requests", "completions answered", ["outcome"], registry=r
