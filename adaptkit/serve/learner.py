@@ -118,8 +118,11 @@ class Learner:
 
     @property
     def training(self) -> bool:
-        """Whether an update runs now."""
-        return self._observed is not None and self._observed.in_flight
+        """Whether the trainer computes now: an update, or its start (loading the base,
+        generating the probes' base answers)."""
+        if self._observed is None:
+            return self.error is None and not self._closed.is_set()
+        return self._observed.in_flight
 
     def _load(self) -> None:
         home, base_name, quant, config, probes, poll_seconds = self._args
