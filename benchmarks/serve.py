@@ -260,7 +260,7 @@ def free_port() -> int:
 
 def start(command: list[str], log: Path, url: str, *, learner: bool) -> subprocess.Popen:
     process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800  # the trainer's start generates its probes' answers
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited {process.returncode}; see {log}")
