@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -89,29 +89,26 @@ def scratch_home(root: Path, model_cache: Path | None) -> tuple[Home, Registry]:
     return home, Registry(home.registry_url, home.adapters_dir)
 
 
-def publish_users(
-    registry: Registry,
-    base,
-    root: Path,
-    users: int,
-    rank: int,
-    seed: int,
-    *,
-    prepare: Callable[[str, Path], None] | None = None,
-) -> dict[str, object]:
-    """``user000``, ``user001``, ... each with a fresh random all-linear adapter
-    (``make_adapters``) published as their active version; ``prepare(user, path)`` may
-    change an adapter before it is published. Returns each user's version."""
-    names = [f"user{i:03d}" for i in range(users)]
-    versions = {}
-    for user, path in zip(names, make_adapters(base, root, users, rank, seed), strict=True):
-        if prepare is not None:
-            prepare(user, path)
-        versions[user] = registry.publish(
-            user, path, method="random", base_model=BASE, data_digest="0" * 64,
-            metrics={}, config={},
+def user_names(users: int) -> list[str]:
+    """``user000``, ``user001``, ...: the benchmarks' users."""
+    return [f"user{i:03d}" for i in range(users)]
+
+
+def publish_users(registry: Registry, adapters: Mapping[str, Path]) -> dict[str, object]:
+    """Publish each user's adapter directory (``make_adapters``) as their active
+    version. Returns each user's version."""
+    return {
+        user: registry.publish(
+            user,
+            path,
+            method="random",
+            base_model=BASE,
+            data_digest="0" * 64,
+            metrics={},
+            config={},
         )  # fmt: skip
-    return versions
+        for user, path in adapters.items()
+    }
 
 
 def make_adapters(
@@ -199,8 +196,9 @@ def main() -> None:
         home, registry = scratch_home(root, args.model_cache)
         ours = load_base(BASE, home=home)
         progress("making and publishing adapters")
-        versions = publish_users(registry, ours, root, args.users, args.rank, args.seed)
-        users = list(versions)
+        users = user_names(args.users)
+        staged = make_adapters(ours, root, args.users, args.rank, args.seed)
+        versions = publish_users(registry, dict(zip(users, staged, strict=True)))
 
         results |= measure_ours(args, ours, registry, versions, users, root)
         del ours

@@ -5,10 +5,12 @@
 
 Loopback only, bounded in time (each phase runs ``--duration`` seconds, then waits
 for what is in flight) and count. M users get all-linear rank-8 adapters with random
-weights (``benchmarks/bank.py``'s ``publish_users``). For each N in ``--clients``, N
+weights (``benchmarks/bank.py``'s ``make_adapters``). For each N in ``--clients``, N
 concurrent clients send chat completions (streamed, greedy) for random users;
 every ``--feedback-every``-th request to a learning user (every fourth) is followed by
 an edit, whose update is then tracked to the first completion answered by the new version.
+The learning users' adapters have the shape the online trainer gives a new user
+(``--learner-targets online``) or all-linear on every layer (``all-linear``).
 
 The peer, in the same run: the server a developer would write without adaptkit, FastAPI
 + PEFT, one ``set_adapter`` + ``generate`` per request (adapters loaded on first use),
@@ -34,7 +36,16 @@ import time
 from pathlib import Path
 
 import httpx
-from bank import BASE, PROMPTS, common_parser, progress, publish_users, scratch_home
+from bank import (
+    BASE,
+    PROMPTS,
+    common_parser,
+    make_adapters,
+    progress,
+    publish_users,
+    scratch_home,
+    user_names,
+)
 from safetensors.torch import load_file, save_file
 
 EDIT = "Take your bicycle: about 15 minutes along the river."
@@ -117,6 +128,7 @@ async def track_update(http, url, user, posted_at, event_id, deadline, updates) 
         state = (await http.get(f"{url}/v1/feedback/{event_id}")).json()
         if state["state"] != "pending":
             entry |= {"state": state["state"], "version_status": state.get("version_status")}
+            entry["trained_seen"] = time.perf_counter() - posted_at
             if state["state"] != "trained" or state["version_status"] != "active":
                 return
             want = f"{BASE}:{user}@{state['version']}"
@@ -125,12 +137,42 @@ async def track_update(http, url, user, posted_at, event_id, deadline, updates) 
                 "messages": [{"role": "user", "content": "How do I get to work?"}],
                 "max_tokens": 1,
             }
+            asked = time.perf_counter()
             answer = (await http.post(f"{url}/v1/chat/completions", json=body)).json()
+            entry["answer_seconds"] = time.perf_counter() - asked
             if answer.get("model") == want:
                 entry["seconds"] = time.perf_counter() - posted_at
                 entry["answered_at"] = time.perf_counter()
             return
         await asyncio.sleep(0.25)
+
+
+def update_stages(url: str) -> dict[str, tuple[float, float]]:
+    """The server's ``adaptkit_update_stage_seconds``: stage -> (sum, count) so far."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stages: dict[str, list[float]] = {}
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        if family.name != "adaptkit_update_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = stages.setdefault(sample.labels["stage"], [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                stage[0] = sample.value
+            elif sample.name.endswith("_count"):
+                stage[1] = sample.value
+    return {name: (total, count) for name, (total, count) in stages.items()}
+
+
+def stage_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean seconds per update of each stage between two ``update_stages`` readings."""
+    means = {}
+    for name, (total, count) in after.items():
+        total0, count0 = before.get(name, (0.0, 0.0))
+        if count > count0:
+            means[name] = round((total - total0) / (count - count0), 3)
+    return means
 
 
 async def load(url: str, clients: int, users: list[str], args, *, stream: bool, feedback: bool):
@@ -193,6 +235,8 @@ async def load(url: str, clients: int, users: list[str], args, *, stream: bool, 
         "ttft_p99_s": percentile([r["ttft"] for r in ok if r["ttft"] is not None], 0.99),
     }
     if feedback:
+        seen = [u["trained_seen"] for u in updates if "seconds" in u]
+        asked = [u["answer_seconds"] for u in updates if "seconds" in u]
         summary["feedback"] = {
             "acknowledged": len(acked),
             "lost": lost,
@@ -204,6 +248,10 @@ async def load(url: str, clients: int, users: list[str], args, *, stream: bool, 
             "to_new_version_max_s": percentile(seconds, 1.0),
             "to_new_version_under_load_p50_s": percentile(under_load, 0.5),
             "answered_under_load": len(under_load),
+            # posted -> the tracker saw it trained (update wait + update + poll), and the
+            # one-token request that then found the new version
+            "to_trained_seen_p50_s": percentile(seen, 0.5),
+            "new_version_answer_p50_s": percentile(asked, 0.5),
         }
     return summary, ok
 
@@ -221,7 +269,7 @@ def free_port() -> int:
 
 def start(command: list[str], log: Path, url: str, *, learner: bool) -> subprocess.Popen:
     process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800  # the trainer's start generates its probes' answers
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited {process.returncode}; see {log}")
@@ -363,6 +411,14 @@ def main() -> None:
     parser.add_argument("--ceiling-requests", type=int, default=64)
     parser.add_argument("--isolation-sample", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--learner-targets",
+        choices=("online", "all-linear"),
+        default="online",
+        help="the learning users' adapters: the shape the online trainer gives a new user "
+        "(adaptkit.learning.online_lora: MLPs of the top layers) or all-linear on every "
+        "layer, as the other users' (an update of that shape takes ~4x as long)",
+    )
     parser.add_argument("--peer", type=Path, default=None, help=argparse_hidden())
     parser.add_argument("--port", type=int, default=0, help=argparse_hidden())
     args = parser.parse_args()
@@ -375,14 +431,24 @@ def main() -> None:
         root = Path(tmp)
         home, registry = scratch_home(root, args.model_cache)
         from adaptkit.base_model import load_base
+        from adaptkit.learning import online_lora
 
         progress(f"publishing {args.users} users' adapters")
-        users = list(
-            publish_users(
-                registry, load_base(BASE, home=home), root, args.users, 8, args.seed,
-                prepare=lambda user, path: soften(path) if learns(user) else None,
-            )
-        )  # fmt: skip
+        users = user_names(args.users)
+        base = load_base(BASE, home=home)
+        paths = dict(zip(users, make_adapters(base, root, args.users, 8, args.seed), strict=True))
+        if args.learner_targets == "online":
+            spec = online_lora(base.model.config.num_hidden_layers)
+            (root / "online").mkdir()
+            shaped = make_adapters(
+                base, root / "online", args.users, spec.rank, args.seed,
+                targets=spec.target_modules(base.model), layers=spec.layers(base.model),
+            )  # fmt: skip
+            paths |= {user: path for user, path in zip(users, shaped, strict=True) if learns(user)}
+        del base
+        for user in filter(learns, users):
+            soften(paths[user])
+        publish_users(registry, paths)
         log = root / "servers.log"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -397,7 +463,9 @@ def main() -> None:
         try:
             for n in clients:
                 progress(f"adaptkit serve, {n} clients")
+                before = update_stages(url)
                 summary, ok = asyncio.run(load(url, n, users, args, stream=True, feedback=True))
+                summary["feedback"]["update_stage_mean_s"] = stage_means(before, update_stages(url))
                 results.setdefault("adaptkit", {})[f"clients_{n}"] = summary
                 answers = ok
                 progress(json.dumps(summary))

@@ -4,7 +4,7 @@
         [--clients 8] [--duration 30] [--max-tokens 24]
 
 M users get all-linear rank-8 adapters with random weights (``benchmarks/bank.py``'s
-``publish_users``). For 1 and then 2 replicas of ``adaptkit.serve.ray_deployment``
+``make_adapters``). For 1 and then 2 replicas of ``adaptkit.serve.ray_deployment``
 (Ray's CPUs split between them; a replica's torch threads follow its CPUs), N clients
 send greedy chat completions for random users through Ray's HTTP proxy for
 ``--duration`` seconds, each with the user as the multiplexed model id, after an
@@ -29,7 +29,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-from bank import BASE, PROMPTS, common_parser, progress, publish_users, scratch_home
+from bank import (
+    BASE,
+    PROMPTS,
+    common_parser,
+    make_adapters,
+    progress,
+    publish_users,
+    scratch_home,
+    user_names,
+)
 from serve import free_port, percentile
 
 
@@ -131,9 +140,9 @@ def main() -> None:
         from adaptkit.base_model import load_base
 
         progress(f"publishing {args.users} users' adapters")
-        users = list(
-            publish_users(registry, load_base(BASE, home=home), root, args.users, 8, args.seed)
-        )
+        users = user_names(args.users)
+        staged = make_adapters(load_base(BASE, home=home), root, args.users, 8, args.seed)
+        publish_users(registry, dict(zip(users, staged, strict=True)))
         for replicas in (1, 2):
             progress(f"{replicas} replica(s), {args.clients} clients")
             results[f"replicas_{replicas}"] = run_replicas(replicas, home.root, users, args)

@@ -20,6 +20,7 @@ from adaptkit.home import Home
 from adaptkit.online import OnlineConfig, OnlineTrainer, OnlineWorker, UpdateResult
 from adaptkit.registry import Registry
 from adaptkit.serve.metrics import ServeMetrics
+from adaptkit.serve.scheduler import use_threads
 
 log = logging.getLogger(__name__)
 
@@ -27,33 +28,54 @@ log = logging.getLogger(__name__)
 class _Observed:
     """The trainer as the worker sees it (``update``, ``log``, ``busy``), timing updates."""
 
-    def __init__(self, trainer: OnlineTrainer, metrics: ServeMetrics) -> None:
+    def __init__(self, trainer: OnlineTrainer, metrics: ServeMetrics, threads: int) -> None:
         self.trainer = trainer
         self.log = trainer.log
         self.metrics = metrics
+        self.threads = threads
+        self.in_flight = False  # an update runs now (decoding gives up cores meanwhile)
 
     @property
     def busy(self) -> bool:
         return self.trainer.busy
 
     def update(self, user_id: str) -> UpdateResult | None:
+        if self.threads:
+            use_threads(self.threads)
         began = time.perf_counter()
+        started = datetime.now(timezone.utc)
         pending = self.log.pending(user_id, limit=self.trainer.config.max_events).events
-        result = self.trainer.update(user_id)
+        self.in_flight = True
+        try:
+            result = self.trainer.update(user_id)
+        finally:
+            self.in_flight = False
         if result is None:
             return None
         self.metrics.update_seconds.observe(time.perf_counter() - began)
-        if result.version is not None:
-            verdict = "promoted" if result.promoted else "refused"
-            self.metrics.versions.labels(verdict).inc()
-            now = datetime.now(timezone.utc)
-            for event in pending:
-                if event.created_at is not None and event.id in result.outcomes:
-                    created = event.created_at
-                    if created.tzinfo is None:  # SQLite gives naive UTC datetimes back
-                        created = created.replace(tzinfo=timezone.utc)
-                    self.metrics.feedback_to_version.observe((now - created).total_seconds())
+        if result.version is None:
+            return result
+        verdict = "promoted" if result.promoted else "refused"
+        self.metrics.versions.labels(verdict).inc()
+        now = datetime.now(timezone.utc)
+        committed = [
+            _utc(e.created_at)
+            for e in pending
+            if e.created_at is not None and e.id in result.outcomes
+        ]
+        for created in committed:
+            self.metrics.feedback_to_version.observe((now - created).total_seconds())
+        if committed:
+            wait = (started - min(committed)).total_seconds()
+            self.metrics.update_stage.labels("wait").observe(max(0.0, wait))
+        for stage, seconds in result.timings.items():
+            self.metrics.update_stage.labels(stage).observe(seconds)
         return result
+
+
+def _utc(created: datetime) -> datetime:
+    """SQLite gives naive UTC datetimes back."""
+    return created if created.tzinfo is not None else created.replace(tzinfo=timezone.utc)
 
 
 class Learner:
@@ -70,15 +92,18 @@ class Learner:
         config: OnlineConfig | None = None,
         probes: ProbeSuite | None = None,
         poll_seconds: float = 1.0,
+        threads: int = 0,
     ) -> None:
         """``config``, ``probes``: the online trainer's (``adaptkit.online``); None: its
-        defaults."""
+        defaults. ``threads``: the trainer's torch threads (0: torch's)."""
         self.registry = registry
         self.log = FeedbackLog(registry)
         self.metrics = metrics
         self.worker: OnlineWorker | None = None
         self._trainer: OnlineTrainer | None = None
+        self._observed: _Observed | None = None
         self.error: str | None = None
+        self.threads = threads
         self._args = (home, base_name, quant, config, probes, poll_seconds)
         self._loader = threading.Thread(target=self._load, name="adaptkit-learner", daemon=True)
         self._closed = threading.Event()
@@ -91,8 +116,18 @@ class Learner:
     def ready(self) -> bool:
         return self.worker is not None
 
+    @property
+    def training(self) -> bool:
+        """Whether the trainer computes now: an update, or its start (loading the base,
+        generating the probes' base answers)."""
+        if self._observed is None:
+            return self.error is None and not self._closed.is_set()
+        return self._observed.in_flight
+
     def _load(self) -> None:
         home, base_name, quant, config, probes, poll_seconds = self._args
+        if self.threads:
+            use_threads(self.threads)
         try:
             base = load_base(base_name, home=home, quant=quant)
             trainer = OnlineTrainer(
@@ -102,7 +137,8 @@ class Learner:
             log.exception("the online trainer could not start")
             self.error = f"{type(error).__name__}: {error}"
             return
-        worker = OnlineWorker(_Observed(trainer, self.metrics), poll_seconds=poll_seconds)
+        self._observed = _Observed(trainer, self.metrics, self.threads)
+        worker = OnlineWorker(self._observed, poll_seconds=poll_seconds)
         self._trainer = trainer
         if not self._closed.is_set():
             self.worker = worker.start()

@@ -20,6 +20,9 @@ class ServeMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
+        self.decode_threads = Gauge(
+            "adaptkit_decode_threads", "torch threads decoding uses now", registry=r
+        )
         self.output_tokens = Counter("adaptkit_output_tokens", "tokens generated", registry=r)
         self.requests = Counter(
             "adaptkit_requests", "completions answered", ["outcome"], registry=r
@@ -46,6 +49,14 @@ class ServeMetrics:
         self.feedback_to_version = Histogram(
             "adaptkit_feedback_to_version_seconds",
             "feedback committed to the version trained on it published",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.update_stage = Histogram(
+            "adaptkit_update_stage_seconds",
+            "one online update by stage: wait (oldest event committed to the update's "
+            "start), select, warm_start, train, gate, publish",
+            ["stage"],
             buckets=_LATENCY,
             registry=r,
         )

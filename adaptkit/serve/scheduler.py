@@ -15,7 +15,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import torch
 
 from adaptkit.bank import DecodeSession, Engine, Sampling, SessionRow
 from adaptkit.errors import AdaptkitError
@@ -34,6 +37,26 @@ class QueueFullError(AdaptkitError):
             f"the server has {waiting} requests waiting (its --max-queue); retry after "
             f"{retry_after} s"
         )
+
+
+def use_threads(count: int) -> None:
+    """Set the calling thread's torch threads.
+
+    OpenMP's thread count belongs to the thread that sets it, but torch sets it once
+    more on a thread's first op, to the process-wide default: asking first runs that
+    first-use setting, so this one stays.
+    """
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+
+
+@dataclass(frozen=True)
+class DecodeThreads:
+    """The decoding thread's torch threads: ``alone`` while no online update runs,
+    ``shared`` while one does (its trainer has the other cores)."""
+
+    alone: int
+    shared: int
 
 
 @dataclass(frozen=True)
@@ -93,7 +116,11 @@ class Scheduler:
         *,
         max_batch: int = 32,
         max_queue: int = 256,
+        threads: DecodeThreads | None = None,
+        training: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``threads``: None leaves torch's; ``training``: whether an online update runs
+        now (decoding then takes ``threads.shared``)."""
         self.engine = engine
         self.metrics = metrics
         self.max_batch = max_batch
@@ -105,6 +132,8 @@ class Scheduler:
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="adaptkit-serve", daemon=True)
         self._step_seconds = 0.05  # running mean, for Retry-After
+        self.threads = threads
+        self.training = training
         self.alive = False
 
     def start(self) -> Scheduler:
@@ -146,6 +175,7 @@ class Scheduler:
                 self._admit([job for job in joining if not job.cancelled])
                 self._retire([job for job in self._running if job.cancelled], None)
                 if self._running:
+                    self._share_cores()
                     self._step()
             except Exception as error:  # a bug or a broken blob mid-batch: fail the batch
                 log.exception("decode step failed; failing the rows in flight")
@@ -159,9 +189,19 @@ class Scheduler:
             for job in [*self._waiting, *self._running]:
                 job.emit(Failed(RuntimeError("the server is shutting down")))
 
+    def _share_cores(self) -> None:
+        """Every core while the trainer is idle; a share while an update runs, so the
+        update is not slowed by decoding's threads (checked each step: an update starts
+        or ends within one step of decoding)."""
+        if self.threads is None:
+            return
+        use_threads(self.threads.shared if self.training() else self.threads.alone)
+        self.metrics.decode_threads.set(torch.get_num_threads())
+
     def _admit(self, joining: list[Job]) -> None:
         if not joining:
             return
+        self._share_cores()
         outcome = self.session.admit([(job.request, job.sampling) for job in joining])
         for job, row in zip(joining, outcome, strict=True):
             if isinstance(row, AdaptkitError):

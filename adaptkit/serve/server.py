@@ -28,7 +28,7 @@ from adaptkit.router import Router
 from adaptkit.serve.auth import ApiKeys
 from adaptkit.serve.learner import Learner
 from adaptkit.serve.metrics import ServeMetrics
-from adaptkit.serve.scheduler import Scheduler
+from adaptkit.serve.scheduler import DecodeThreads, Scheduler
 from adaptkit.serve.upstream import (
     UPSTREAM_KINDS,
     RegistryCatalog,
@@ -80,7 +80,10 @@ class ServeConfig:
     )
     threads: int = field(
         default=0,
-        metadata={"help": "torch threads (0: the cores split between decoding and training)"},
+        metadata={
+            "help": "torch threads of decoding and of training each (0: decoding takes every "
+            "core while no update runs, and the cores are split while one does)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -116,6 +119,21 @@ class ServeConfig:
             raise InputError("; ".join(problems))
 
 
+def thread_split(config: ServeConfig, cores: int | None = None) -> tuple[DecodeThreads, int]:
+    """Decoding's torch threads (alone / while an update runs) and the trainer's.
+
+    Each side runs ops in its own thread with its own thread team: two teams spinning
+    at barriers on the same cores cost far more than they share, so while an update
+    runs the cores are split; while none runs decoding has them all. ``--threads N``
+    fixes N for both sides.
+    """
+    if config.threads:
+        return DecodeThreads(config.threads, config.threads), config.threads
+    cores = cores or os.cpu_count() or 1
+    train = max(1, cores // 2) if config.workers else 0
+    return DecodeThreads(cores, max(1, cores - train)), train
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -142,19 +160,22 @@ class Server:
         self.metrics = ServeMetrics()
         self.feedback = FeedbackLog(kit.registry)
         self.keys = None if config.no_auth else ApiKeys(kit.registry)
-        # Decoding and training each run ops in their own thread: two thread teams
-        # spinning at barriers on the same cores cost far more than they share.
-        torch.set_num_threads(
-            config.threads or max(1, (os.cpu_count() or 1) // (1 + config.workers))
-        )
+        decode, train = thread_split(config)
+        # The default for threads that never set their own (set per thread below).
+        torch.set_num_threads(decode.shared)
+        self.learner = None
         self.scheduler = (
             _forwarder(kit, config, self.metrics)
             if config.upstream
             else Scheduler(
-                kit.engine, self.metrics, max_batch=config.max_batch, max_queue=config.max_queue
+                kit.engine,
+                self.metrics,
+                max_batch=config.max_batch,
+                max_queue=config.max_queue,
+                threads=decode,
+                training=lambda: self.learner is not None and self.learner.training,
             )
         ).start()
-        self.learner = None
         if config.workers:
             self.learner = Learner(
                 kit.registry,
@@ -165,6 +186,7 @@ class Server:
                 config=online,
                 probes=probes,
                 poll_seconds=config.poll_seconds,
+                threads=train,
             ).start()
 
     def notify(self, user_id: str) -> None:

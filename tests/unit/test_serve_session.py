@@ -1,8 +1,11 @@
 """The engine's step-wise decode (continuous batching) on the tiny model: rows that join a
-running batch late, leave early or are retired get the answer they get alone."""
+running batch late, leave early or are retired get the answer they get alone; the
+scheduler decodes with every core unless an online update runs."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ from adaptkit.home import Home
 from adaptkit.prompting import as_messages, encode_prompt
 from adaptkit.registry import Registry
 from adaptkit.router import Request
+from adaptkit.serve.metrics import ServeMetrics
+from adaptkit.serve.scheduler import DecodeThreads, Finished, Job, Scheduler
 
 PROMPTS = [
     "How long does it take me to get to the library?",
@@ -159,3 +164,39 @@ def test_sampled_rows_apply_their_control_before_sampling(engine: Engine) -> Non
     prompt_ids = set(encode_prompt(engine.base.tokenizer, as_messages(PROMPTS[2])))
     # no_repeat_ngram_size=1: no token of the prompt or of the answer comes twice.
     assert len(set(answers[0])) == len(answers[0]) and not prompt_ids & set(answers[0])
+
+
+def answer(scheduler: Scheduler, prompt: str) -> Finished:
+    async def ask() -> Finished:
+        job = Job(Request(prompt, user="alice"), Sampling(4), [], asyncio.get_running_loop())
+        scheduler.submit(job)
+        while not isinstance(event := await asyncio.wait_for(job.events.get(), 60), Finished):
+            pass
+        return event
+
+    return asyncio.run(ask())
+
+
+def decoding(metrics: ServeMetrics) -> float | None:
+    """The threads the scheduler's thread decoded with last, as /metrics shows them."""
+    return metrics.registry.get_sample_value("adaptkit_decode_threads")
+
+
+def test_the_scheduler_gives_up_cores_while_an_update_runs(engine: Engine) -> None:
+    training = threading.Event()
+    metrics = ServeMetrics()
+    scheduler = Scheduler(
+        engine, metrics, threads=DecodeThreads(alone=2, shared=1), training=training.is_set
+    ).start()
+    try:
+        alone = answer(scheduler, "What should I cook tonight?")
+        assert decoding(metrics) == 2
+        training.set()
+        shared = answer(scheduler, "What should I cook tonight?")
+        assert decoding(metrics) == 1
+        training.clear()
+        answer(scheduler, "What should I cook tonight?")
+        assert decoding(metrics) == 2
+    finally:
+        scheduler.stop()
+    assert shared.text == alone.text  # the thread count changes the speed, not the answer
