@@ -39,7 +39,7 @@ from transformers import (
 
 from adaptkit.errors import BaseModelNotFoundError, InputError
 from adaptkit.home import Home
-from adaptkit.quant import calibration_ids, quantize_int8, resident_bytes
+from adaptkit.quant import quantize_int8, resident_bytes
 
 Quant = Literal["none", "int8", "nf4", "bnb-int8"]
 # int8: PyTorch's own int8 kernels (adaptkit.quant). adaptkit loads bases on the CPU,
@@ -130,14 +130,14 @@ def _device(model: PreTrainedModel) -> str:
 
 
 def backend_of(quant: str, device: str = "cpu") -> str:
-    """The kernels ``quant`` means on ``device``: ``--quant int8`` is PyTorch's fbgemm int8
-    on a CPU (bitsandbytes' int8 is built for GPUs, ``bnb-int8`` asks for it)."""
+    """The kernels ``quant`` means on ``device``: ``--quant int8`` is PyTorch's weight-only
+    int8 on a CPU (bitsandbytes' int8 is built for GPUs, ``bnb-int8`` asks for it)."""
     if quant == "none":
         return "fp32"
     if quant == "int8" and device == "cpu":
         return (
-            "torch-int8 (fbgemm; per-channel weights, per-token activations; "
-            "lm_head, down_proj fp32)"
+            "torch-int8 (weight-only: int8 per-channel weights, bf16 activations, "
+            "aten._weight_int8pack_mm; lm_head fp32)"
         )
     if quant in ("int8", "bnb-int8"):
         return "bitsandbytes-int8"
@@ -182,7 +182,7 @@ def _quantized(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, quant: str
 ) -> PreTrainedModel:
     if backend_of(quant, _device(model)).startswith("torch"):
-        quantize_int8(model, calibration=calibration_ids(tokenizer))
+        quantize_int8(model)
     return model
 
 

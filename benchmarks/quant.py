@@ -18,7 +18,9 @@ One run, one process, the packaged SmolLM2-135M loaded four ways (``--quant none
   top-1 agreement with fp32 along fp32's answers, and the fraction of the first 6 rows
   of that mixed, left-padded batch whose answer equals the same request alone.
 
-Ratios are against fp32 measured in the same run; the JSON is rewritten after each
+``--paired``: the parity numbers, then only the tokens/s ratios to fp32 at 1, 8 and 32
+rows, every backend run back to back per repeat (order rotating). Ratios are against
+fp32 measured in the same run; the JSON is rewritten after each
 backend, so a run cut short keeps what it measured. Floors: int8 >= 1.5x fp32 tokens/s
 at 8 rows; int8's online step no slower than fp32's.
 """
@@ -159,6 +161,17 @@ def top1_agreement(base, reference_model, prompts: list[str], answers: list[list
     return round(agree / max(total, 1), 4)
 
 
+def parity(base, fp32, registry, prompts: list[str], reference: list[list[int]], args) -> dict:
+    answers, same = greedy(base, registry, prompts, args.new_tokens)
+    changed = [p for p, a, b in zip(prompts, answers, reference, strict=True) if a != b]
+    return {
+        "answers_equal_fp32": round(1 - len(changed) / len(prompts), 4),
+        "changed": changed,
+        "top1_agreement": top1_agreement(base, fp32.model, prompts, reference),
+        "rows_alone_equal_in_padded_batch": same,
+    }
+
+
 def main() -> None:
     parser = common_parser(__doc__)
     parser.add_argument("--users", type=int, default=32)
@@ -168,7 +181,8 @@ def main() -> None:
     parser.add_argument(
         "--paired",
         action="store_true",
-        help="only the tokens/s ratios to fp32, every backend run back to back per repeat",
+        help="only the parity numbers and the tokens/s ratios to fp32, every backend run "
+        "back to back per repeat",
     )
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -198,6 +212,12 @@ def main() -> None:
         if args.paired:
             bases = {q: fp32 if q == "none" else load_base(BASE, home=home, quant=q)
                      for q in ["none", *[b for b in backends if b != "none"]]}  # fmt: skip
+            results["parity"] = {
+                q: parity(base, fp32, registry, prompts, reference, args)
+                for q, base in bases.items()
+                if q != "none"
+            }
+            write(args.json, results)
             results["paired_tokens_per_s_vs_fp32"] = measure_paired(
                 bases, registry, users, prompts, args
             )
@@ -216,14 +236,7 @@ def main() -> None:
             if quant == "none":
                 entry["parity"] = {"rows_alone_equal_in_padded_batch": reference_same}
             else:
-                answers, same = greedy(base, registry, prompts, args.new_tokens)
-                changed = [p for p, a, b in zip(prompts, answers, reference, strict=True) if a != b]
-                entry["parity"] = {
-                    "answers_equal_fp32": round(1 - len(changed) / len(prompts), 4),
-                    "changed": changed,
-                    "top1_agreement": top1_agreement(base, fp32.model, prompts, reference),
-                    "rows_alone_equal_in_padded_batch": same,
-                }
+                entry["parity"] = parity(base, fp32, registry, prompts, reference, args)
             progress(f"{quant}: online step")
             step_base = load_base(BASE, home=home, quant=quant)  # the trainer's own copy
             entry["online_step"] = measure_step(step_base, args)

@@ -34,11 +34,8 @@ def test_int8_row_does_not_depend_on_the_other_users_of_its_batch(
 ) -> None:
     """Alice's row next to bob and carol, then next to carol and bob (their adapters
     swapped, the padding layout the same): her tokens are bitwise the same. With an
-    activation scale shared across rows (torch.ao's dynamic quantization) they are not.
-
-    What does move an int8 answer is the batch's layout (padding, shared-prefix split):
-    fp32 rounding differences of 1e-7 there change int8 logits by ~3% (docs/quant.md).
-    """
+    activation scale shared across rows (torch.ao's dynamic quantization) they are not;
+    weight-only int8 has no activation scale to share."""
     home = Home(smollm2_home)
     registry = Registry(home.registry_url, home.adapters_dir)
     fp32 = load_base(BASE, home=home)
@@ -47,8 +44,8 @@ def test_int8_row_does_not_depend_on_the_other_users_of_its_batch(
         lora = make_lora_dir(fp32.model, tmp_path / user, seed=seed, rank=8, b_std=0.02)
         publish_dir(registry, user, lora, BASE)
     base = load_base(BASE, home=home, quant="int8")
-    assert len(int8_layers(base.model)) == 6 * base.model.config.num_hidden_layers
-    assert base.footprint_bytes < 0.6 * fp32.footprint_bytes  # lm_head, down_proj fp32
+    assert len(int8_layers(base.model)) == 7 * base.model.config.num_hidden_layers
+    assert base.footprint_bytes < 0.45 * fp32.footprint_bytes  # lm_head fp32
     with Engine(base, registry) as engine:
         first = engine.generate(
             [Request(p, user=u) for p, u in zip(PROMPTS, [*users, None], strict=True)],
