@@ -106,7 +106,7 @@ def publish_users(registry: Registry, adapters: Mapping[str, Path]) -> dict[str,
             data_digest="0" * 64,
             metrics={},
             config={},
-        )  # fmt: skip
+        )
         for user, path in adapters.items()
     }
 
