@@ -426,7 +426,9 @@ def main() -> None:
         run_peer(args.peer, args.port)
         return
     clients = [int(c) for c in args.clients.split(",")]
-    results: dict = {"config": {k: str(v) for k, v in vars(args).items()}}
+    # The run's settings, without this machine's paths (the output file, the model cache).
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("json", "model_cache")}
+    results: dict = {"config": settings}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         home, registry = scratch_home(root, args.model_cache)
