@@ -419,6 +419,13 @@ def main() -> None:
         "(adaptkit.learning.online_lora: MLPs of the top layers) or all-linear on every "
         "layer, as the other users' (an update of that shape takes ~4x as long)",
     )
+    parser.add_argument(
+        "--learn-share",
+        type=float,
+        default=0.2,
+        help="adaptkit serve --learn-share: the trainer's share of the time while the batch "
+        "is at least half full",
+    )
     parser.add_argument("--peer", type=Path, default=None, help=argparse_hidden())
     parser.add_argument("--port", type=int, default=0, help=argparse_hidden())
     args = parser.parse_args()
@@ -458,7 +465,8 @@ def main() -> None:
         ours = start(
             [sys.executable, "-m", "adaptkit.cli.main", "serve", "--home", str(home.root),
              "--port", str(port), "--no-auth", "--workers", "1", "--poll-seconds", "0.5",
-             "--max-batch", str(args.max_batch), "--max-queue", "1024"],
+             "--max-batch", str(args.max_batch), "--max-queue", "1024",
+             "--learn-share", str(args.learn_share)],
             log, url, learner=True,
         )  # fmt: skip
         answers: list[dict] = []

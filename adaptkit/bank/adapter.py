@@ -16,7 +16,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,10 @@ class AdapterWeights:
             for t in (w.A, w.B)
         }
         return sum(storages.values())
+
+
+# One row of a batch: its adapters and the weight of each (empty: the base model alone).
+RowAdapters = Sequence[tuple[AdapterWeights, float]]
 
 
 @dataclass(frozen=True)

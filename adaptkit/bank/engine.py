@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from adaptkit.bank.adapter import AdapterWeights
+from adaptkit.bank.adapter import AdapterWeights, RowAdapters
 from adaptkit.bank.calibration import Calibration, calibrated_choice
 from adaptkit.bank.lora_linear import (
     MultiLoraLinear,
@@ -36,6 +36,7 @@ from adaptkit.bank.lora_linear import (
 )
 from adaptkit.bank.merge import fold, merge_refusal, unfold
 from adaptkit.bank.repetition import Repetition, RepetitionState
+from adaptkit.bank.slots import RowSlots, compaction, write_row
 from adaptkit.bank.store import DEFAULT_CACHE_BYTES, AdapterBank
 from adaptkit.base_model import CATALOGUE, BaseModel
 from adaptkit.errors import AdaptkitError, InputError
@@ -52,7 +53,6 @@ from adaptkit.router import (
 )
 
 DEFAULT_SHARED_DIR = Path("adapters/shared")
-RowAdapters = Sequence[tuple[AdapterWeights, float]]  # one row's adapters and their weights
 # Shorter shared prefixes are prefilled with each row: two forwards would cost more.
 MIN_SHARED_PREFIX = 8
 
@@ -463,6 +463,7 @@ class DecodeSession:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.rows: list[SessionRow] = []
+        self._slots = RowSlots(engine.wrappers)  # row i's adapters in slot i
         self._stream: _Stream | None = None
         self._history: RepetitionState | None = None  # row for row with the stream
         self._ids = itertools.count(1)
@@ -540,8 +541,16 @@ class DecodeSession:
 
     @torch.inference_mode()
     def _prefill(self, rows: list[SessionRow], prompts: list[list[int]]) -> None:
-        self.engine.set_rows([row.adapters for row in rows])
-        fresh = _Stream(self.engine.base.model, *left_pad(prompts, self._pad_id))
+        """One forward over the new rows alone (on their own slots), then join them."""
+        start = len(self.rows)
+        self._slots.append([row.adapters for row in rows])
+        self._slots.point(start, start + len(rows))
+        try:
+            fresh = _Stream(self.engine.base.model, *left_pad(prompts, self._pad_id))
+        except BaseException:
+            self._slots.compact(list(range(start)))  # the running rows, as they were
+            self._slots.point(0, start)
+            raise
         history = RepetitionState(prompts, [row.sampling.repetition for row in rows])
         if self._stream is None:
             self._stream, self._history = fresh, history
@@ -549,7 +558,7 @@ class DecodeSession:
             self._stream.join(fresh)
             self._history.join(history)
         self.rows.extend(rows)
-        self.engine.set_rows([row.adapters for row in self.rows])
+        self._slots.point(0, len(self.rows))
 
     @torch.inference_mode()
     def step(self) -> list[SessionRow]:
@@ -566,10 +575,9 @@ class DecodeSession:
                 row.finish = "stop"
             elif len(row.tokens) >= row.sampling.max_new_tokens:
                 row.finish = "length"
-        going = [i for i, row in enumerate(stepped) if row.finish is None]
-        self._keep(going)
+        order = self._keep([i for i, row in enumerate(stepped) if row.finish is None])
         if self._stream is not None:
-            self._stream.feed(chosen[torch.tensor(going)])
+            self._stream.feed(chosen[torch.tensor(order)])
         return stepped
 
     def retire(self, rows: Sequence[SessionRow]) -> None:
@@ -580,22 +588,28 @@ class DecodeSession:
                 row.finish = "retired"
         self._keep([i for i, row in enumerate(self.rows) if id(row) not in leaving])
 
-    def _keep(self, keep: list[int]) -> None:
+    def _keep(self, keep: list[int]) -> list[int]:
+        """Keep the rows ``keep``; returns the batch's new order (old row indices): a
+        leaver's place goes to a row from the end, so only that row's slot is copied."""
+        staying = set(keep)
         for index, row in enumerate(self.rows):
-            if index not in keep:
+            if index not in staying:
                 self._unpin(row)
-        if len(keep) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
+        order = compaction(len(self.rows), keep)
+        if len(order) == len(self.rows):
+            return order
+        self.rows = [self.rows[i] for i in order]
+        if not order:
             self._stream = self._history = None
-            self.engine.clear_rows()
-            return
-        index = torch.tensor(keep)
+            self._slots.clear()
+            return order
+        index = torch.tensor(order)
         self._stream.select(index)
         self._stream.trim()
         self._history.select(index)
-        self.engine.select_rows(index)
+        self._slots.compact(order)
+        self._slots.point(0, len(order))
+        return order
 
     def _unpin(self, row: SessionRow) -> None:
         for key in row.pinned:
@@ -743,15 +757,11 @@ def _row_deltas(
         Bt = torch.stack([B.T for B in Bs])
         scale = torch.tensor(scales).view(-1, 1, 1).expand(-1, 1, rank).contiguous()
         return RowDeltas(At, Bt, scale)
-    At = torch.zeros(len(rows), shape.in_features, rank)
-    Bt = torch.zeros(len(rows), rank, shape.out_features)
-    scale = torch.zeros(len(rows), 1, rank)
+    deltas = RowDeltas(
+        torch.zeros(len(rows), shape.in_features, rank),
+        torch.zeros(len(rows), rank, shape.out_features),
+        torch.zeros(len(rows), 1, rank),
+    )
     for i, pieces in enumerate(per_row):
-        offset = 0
-        for lora, weight in pieces:
-            end = offset + lora.rank
-            At[i, :, offset:end] = lora.A.T
-            Bt[i, offset:end] = lora.B.T
-            scale[i, 0, offset:end] = lora.scale * weight
-            offset = end
-    return RowDeltas(At, Bt, scale)
+        write_row(deltas, i, pieces)
+    return deltas

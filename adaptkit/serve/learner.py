@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from adaptkit.base_model import load_base
@@ -25,14 +26,52 @@ from adaptkit.serve.scheduler import use_threads
 log = logging.getLogger(__name__)
 
 
-class _Observed:
-    """The trainer as the worker sees it (``update``, ``log``, ``busy``), timing updates."""
+class LearningBudget:
+    """How much of the time the trainer may compute while serving is busy.
 
-    def __init__(self, trainer: OnlineTrainer, metrics: ServeMetrics, threads: int) -> None:
+    On a CPU an update takes cores from decoding (the scheduler splits them while one
+    runs). While the batch is busy (``busy()``: at least half full, waiting requests
+    counted), an update of u seconds is followed by a pause of u * (1 - share) / share
+    before the next one starts, so training takes at most ``share`` of that time; the
+    pause ends early as soon as the batch is no longer busy. Feedback then waits
+    longer under heavy load, and never more than the backlog at that rate.
+    """
+
+    def __init__(self, share: float, busy: Callable[[], bool]) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"LearningBudget: share must be in (0, 1], got {share}")
+        self.share = share
+        self.busy = busy
+        self._resume_at = 0.0  # perf_counter time before which a busy batch keeps its cores
+
+    def wait(self, closed: threading.Event, check_seconds: float = 0.05) -> None:
+        """Return when an update may start (or ``closed`` is set)."""
+        while self.busy() and time.perf_counter() < self._resume_at and not closed.is_set():
+            closed.wait(check_seconds)
+
+    def spent(self, seconds: float) -> None:
+        """An update just took ``seconds``."""
+        self._resume_at = time.perf_counter() + seconds * (1.0 - self.share) / self.share
+
+
+class _Observed:
+    """The trainer as the worker sees it (``update``, ``log``, ``busy``), timing updates
+    and keeping them within the learning budget."""
+
+    def __init__(
+        self,
+        trainer: OnlineTrainer,
+        metrics: ServeMetrics,
+        threads: int,
+        budget: LearningBudget,
+        closed: threading.Event,
+    ) -> None:
         self.trainer = trainer
         self.log = trainer.log
         self.metrics = metrics
         self.threads = threads
+        self.budget = budget
+        self.closed = closed
         self.in_flight = False  # an update runs now (decoding gives up cores meanwhile)
 
     @property
@@ -44,12 +83,15 @@ class _Observed:
             use_threads(self.threads)
         began = time.perf_counter()
         started = datetime.now(timezone.utc)
+        self.budget.wait(self.closed)
         pending = self.log.pending(user_id, limit=self.trainer.config.max_events).events
         self.in_flight = True
+        computing = time.perf_counter()
         try:
             result = self.trainer.update(user_id)
         finally:
             self.in_flight = False
+            self.budget.spent(time.perf_counter() - computing)
         if result is None:
             return None
         self.metrics.update_seconds.observe(time.perf_counter() - began)
@@ -93,9 +135,11 @@ class Learner:
         probes: ProbeSuite | None = None,
         poll_seconds: float = 1.0,
         threads: int = 0,
+        budget: LearningBudget | None = None,
     ) -> None:
         """``config``, ``probes``: the online trainer's (``adaptkit.online``); None: its
-        defaults. ``threads``: the trainer's torch threads (0: torch's)."""
+        defaults. ``threads``: the trainer's torch threads (0: torch's). ``budget``: its
+        share of a busy server's time (None: no limit)."""
         self.registry = registry
         self.log = FeedbackLog(registry)
         self.metrics = metrics
@@ -104,6 +148,7 @@ class Learner:
         self._observed: _Observed | None = None
         self.error: str | None = None
         self.threads = threads
+        self.budget = budget or LearningBudget(1.0, lambda: False)
         self._args = (home, base_name, quant, config, probes, poll_seconds)
         self._loader = threading.Thread(target=self._load, name="adaptkit-learner", daemon=True)
         self._closed = threading.Event()
@@ -137,7 +182,7 @@ class Learner:
             log.exception("the online trainer could not start")
             self.error = f"{type(error).__name__}: {error}"
             return
-        self._observed = _Observed(trainer, self.metrics, self.threads)
+        self._observed = _Observed(trainer, self.metrics, self.threads, self.budget, self._closed)
         worker = OnlineWorker(self._observed, poll_seconds=poll_seconds)
         self._trainer = trainer
         if not self._closed.is_set():

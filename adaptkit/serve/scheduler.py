@@ -148,6 +148,11 @@ class Scheduler:
         self._thread.join(30)
         self.alive = False
 
+    def busy(self) -> bool:
+        """Whether the batch is at least half full, waiting requests counted (read from
+        other threads: a snapshot, good for pacing, not for counting)."""
+        return len(self._running) + len(self._waiting) >= max(1, self.max_batch // 2)
+
     def submit(self, job: Job) -> None:
         """Queue ``job``; raises ``QueueFullError`` (nothing queued) when the queue is full."""
         with self._wake:

@@ -26,7 +26,7 @@ from adaptkit.online import OnlineConfig
 from adaptkit.registry import PENDING, FeedbackEventRow
 from adaptkit.router import Router
 from adaptkit.serve.auth import ApiKeys
-from adaptkit.serve.learner import Learner
+from adaptkit.serve.learner import Learner, LearningBudget
 from adaptkit.serve.metrics import ServeMetrics
 from adaptkit.serve.scheduler import DecodeThreads, Scheduler
 from adaptkit.serve.upstream import (
@@ -78,6 +78,13 @@ class ServeConfig:
             "its hub id for vllm)"
         },
     )
+    learn_share: float = field(
+        default=0.2,
+        metadata={
+            "help": "the share of the time the online trainer may compute while the batch "
+            "is at least half full (1: no limit; below, it always may)"
+        },
+    )
     threads: int = field(
         default=0,
         metadata={
@@ -108,6 +115,8 @@ class ServeConfig:
                 f"--upstream-kind must be one of {', '.join(UPSTREAM_KINDS)}, "
                 f"got {self.upstream_kind!r}"
             )
+        if not 0.0 < self.learn_share <= 1.0:
+            problems.append(f"--learn-share must be in (0, 1], got {self.learn_share}")
         if self.poll_seconds <= 0:
             problems.append(f"--poll-seconds must be > 0, got {self.poll_seconds}")
         if self.no_auth and not _loopback(self.host):
@@ -132,6 +141,10 @@ def thread_split(config: ServeConfig, cores: int | None = None) -> tuple[DecodeT
     cores = cores or os.cpu_count() or 1
     train = max(1, cores // 2) if config.workers else 0
     return DecodeThreads(cores, max(1, cores - train)), train
+
+
+def _never() -> bool:
+    return False
 
 
 def _loopback(host: str) -> bool:
@@ -177,6 +190,8 @@ class Server:
             )
         ).start()
         if config.workers:
+            # A forwarding server decodes elsewhere: its trainer takes no cores from it.
+            busy = self.scheduler.busy if isinstance(self.scheduler, Scheduler) else _never
             self.learner = Learner(
                 kit.registry,
                 kit.home,
@@ -187,6 +202,7 @@ class Server:
                 probes=probes,
                 poll_seconds=config.poll_seconds,
                 threads=train,
+                budget=LearningBudget(config.learn_share, busy),
             ).start()
 
     def notify(self, user_id: str) -> None:

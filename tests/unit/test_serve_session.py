@@ -200,3 +200,17 @@ def test_the_scheduler_gives_up_cores_while_an_update_runs(engine: Engine) -> No
     finally:
         scheduler.stop()
     assert shared.text == alone.text  # the thread count changes the speed, not the answer
+
+
+def test_the_batch_is_busy_from_half_full_waiting_requests_counted(engine: Engine) -> None:
+    scheduler = Scheduler(engine, ServeMetrics(), max_batch=4)  # not started: jobs wait
+    loop = asyncio.new_event_loop()
+    try:
+        jobs = [Job(Request(PROMPTS[0]), Sampling(max_new_tokens=2), [], loop) for _ in range(2)]
+        assert not scheduler.busy()
+        scheduler.submit(jobs[0])
+        assert not scheduler.busy()
+        scheduler.submit(jobs[1])
+        assert scheduler.busy()
+    finally:
+        loop.close()

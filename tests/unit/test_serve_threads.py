@@ -1,15 +1,19 @@
 """How the server shares the cores between decoding and the online trainer: decoding
 takes every core while no update runs and gives the trainer its share while one does
 (the scheduler's side: ``test_serve_session.py``); each thread's torch thread count is
-its own."""
+its own; while the batch is busy, the trainer computes at most its share of the time."""
 
 from __future__ import annotations
 
 import threading
+import time
 
+import pytest
 import torch
 
+from adaptkit.errors import InputError
 from adaptkit.serve import ServeConfig
+from adaptkit.serve.learner import LearningBudget
 from adaptkit.serve.scheduler import DecodeThreads, use_threads
 from adaptkit.serve.server import thread_split
 
@@ -38,3 +42,35 @@ def test_each_thread_keeps_its_own_torch_thread_count() -> None:
     for thread in sides:
         thread.join(10)
     assert seen == {1: 1, 2: 2}
+
+
+def elapsed(call) -> float:
+    began = time.perf_counter()
+    call()
+    return time.perf_counter() - began
+
+
+def test_a_busy_batch_pauses_learning_for_the_rest_of_its_share_and_no_longer() -> None:
+    busy, closed = threading.Event(), threading.Event()
+    busy.set()
+    budget = LearningBudget(0.5, busy.is_set)
+    assert elapsed(lambda: budget.wait(closed)) < 5  # nothing spent yet: no pause
+    budget.spent(0.3)  # at a share of 0.5, 0.3 s of training earns 0.3 s of decoding
+    assert elapsed(lambda: budget.wait(closed)) >= 0.3
+    budget.spent(120)  # a pause of 120 s ...
+    threading.Timer(0.2, busy.clear).start()
+    assert elapsed(lambda: budget.wait(closed)) < 60  # ... that ends when the batch calms
+    busy.set()
+    budget.spent(120)
+    threading.Timer(0.2, closed.set).start()
+    assert elapsed(lambda: budget.wait(closed)) < 60  # ... or the server closes
+    unlimited = LearningBudget(1.0, busy.is_set)
+    unlimited.spent(120)
+    assert elapsed(lambda: unlimited.wait(threading.Event())) < 5
+
+
+def test_the_learning_share_is_checked() -> None:
+    with pytest.raises(InputError, match=r"--learn-share must be in \(0, 1\], got 0"):
+        ServeConfig(learn_share=0)
+    with pytest.raises(ValueError, match="share"):
+        LearningBudget(1.5, lambda: False)
