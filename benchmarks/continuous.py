@@ -107,7 +107,10 @@ def main() -> None:
             for i in range(args.requests)
         ]
         # Plain batched rows only: the router never merges a batch here.
-        options = {"shared_dir": root / "shared", "policy": RoutingPolicy(merge_min_new_tokens=None)}
+        options = {
+            "shared_dir": root / "shared",
+            "policy": RoutingPolicy(merge_min_new_tokens=None),
+        }
         before = engine_at(args.before)(first, registry, **options)
         now = Engine(load_base(BASE, home=home), registry, **options)
         offline(now, requests, args.max_batch, 1)  # adapters into each bank's RAM tier
@@ -149,9 +152,7 @@ def main() -> None:
         },
         "vs_offline_p50": {
             name: round(
-                statistics.median(
-                    o / t for o, t in zip(seconds["offline"], times, strict=True)
-                ),
+                statistics.median(o / t for o, t in zip(seconds["offline"], times, strict=True)),
                 3,
             )
             for name, times in seconds.items()

@@ -2,10 +2,11 @@
 
 Iteration-level scheduling (as vLLM, TGI and LoRAX do): requests wait in a bounded
 queue; between two decode steps the waiting ones join the running batch (up to
-``max_batch`` rows) through the engine's ``DecodeSession``, each row with its own
-adapters; a row that ends, or whose client went away, leaves at once. HTTP handlers
-run on the event loop and talk to the thread through ``Job``s: ``submit`` from the
-loop, results come back as events on the job's asyncio queue.
+``max_batch`` rows; in groups while the batch is busy, ``_joining_now``) through the
+engine's ``DecodeSession``, each row with its own adapters; a row that ends, or whose
+client went away, leaves at once. HTTP handlers run on the event loop and talk to the
+thread through ``Job``s: ``submit`` from the loop, results come back as events on the
+job's asyncio queue.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from adaptkit.router import Plan, Request
 from adaptkit.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
+
+
+# How long (in decode steps) a request waits at most to join a busy batch with others.
+JOIN_WAIT_STEPS = 3
 
 
 class QueueFullError(AdaptkitError):
@@ -125,6 +130,7 @@ class Scheduler:
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.join_group = max(1, max_batch // 8)
         self.session: DecodeSession = engine.session()
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
@@ -173,7 +179,7 @@ class Scheduler:
                     self._wake.wait()
                 if self._stopping:
                     break
-                room = self.max_batch - len(self._running)
+                room = self.max_batch - len(self._running) if self._joining_now() else 0
                 joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
                 self.metrics.queue_depth.set(len(self._waiting))
             try:
@@ -193,6 +199,21 @@ class Scheduler:
         with self._wake:
             for job in [*self._waiting, *self._running]:
                 job.emit(Failed(RuntimeError("the server is shutting down")))
+
+    def _joining_now(self) -> bool:
+        """Whether the waiting requests join before the next step (called under the lock).
+
+        Each join is a forward of its own (the joiners' prefill), which on a CPU costs
+        several decode steps for a handful of rows. So while the batch is at least half
+        full, joiners gather into groups (as vLLM's scheduler delay does): they join once
+        ``join_group`` wait or the oldest has waited ``JOIN_WAIT_STEPS`` steps.
+        """
+        if not self._waiting:
+            return False
+        if len(self._running) < self.max_batch // 2 or len(self._waiting) >= self.join_group:
+            return True
+        waited = time.perf_counter() - self._waiting[0].queued_at
+        return waited >= JOIN_WAIT_STEPS * self._step_seconds
 
     def _share_cores(self) -> None:
         """Every core while the trainer is idle; a share while an update runs, so the

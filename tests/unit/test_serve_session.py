@@ -214,3 +214,41 @@ def test_the_batch_is_busy_from_half_full_waiting_requests_counted(engine: Engin
         assert scheduler.busy()
     finally:
         loop.close()
+
+
+def test_a_request_joins_a_busy_batch_after_a_few_steps_with_its_answer_alone(
+    engine: Engine,
+) -> None:
+    """max_batch 16: past 8 rows the batch is busy and joiners gather in pairs; a lone
+    joiner still joins (after at most a few steps) and gets its answer alone."""
+    lone = Request(PROMPTS[1], user="bob")
+    expected = engine.generate([lone], max_new_tokens=6)[0].text
+    scheduler = Scheduler(engine, ServeMetrics(), max_batch=16).start()
+
+    async def run() -> tuple[Finished, int]:
+        loop = asyncio.get_running_loop()
+
+        async def finish(job: Job) -> Finished:
+            scheduler.submit(job)
+            while not isinstance(event := await asyncio.wait_for(job.events.get(), 120), Finished):
+                pass
+            return event
+
+        long = [
+            Job(Request(PROMPTS[i % 4], user="alice"), Sampling(60), [], loop) for i in range(9)
+        ]
+        running = [asyncio.create_task(finish(job)) for job in long]
+        while len(scheduler.session.rows) < 9:
+            await asyncio.sleep(0.01)
+        assert scheduler.busy()
+        joined = await finish(Job(lone, Sampling(6), [], loop))
+        open_rows = sum(1 for job in long if job.row is not None and job.row.finish is None)
+        await asyncio.gather(*running)
+        return joined, open_rows
+
+    try:
+        joined, still_open = asyncio.run(run())
+    finally:
+        scheduler.stop()
+    assert joined.text == expected
+    assert still_open > 0  # it joined while the long rows were decoding
