@@ -83,6 +83,16 @@ def test_bad_hyperparameters_name_the_flag() -> None:
         TrainConfig(lr=float("nan"))
     with pytest.raises(InputError, match="--steps must be >= 1.*--batch-size must be >= 1"):
         TrainConfig(steps=0, batch_size=0)
+    with pytest.raises(InputError, match="--kl-weight must be >= 0.*--anchor-prompts must be >= 0"):
+        TrainConfig(kl_weight=-1.0, anchor_prompts=-1)
+
+
+def test_the_kl_anchor_settings_reach_the_step_loop_only_with_the_anchor() -> None:
+    config = TrainConfig(kl_weight=30.0, anchor_prompts=6)
+    anchored = config.step_config(kl_anchor=True)
+    assert (anchored.kl_weight, anchored.anchor_prompts) == (30.0, 6)
+    plain = config.step_config(kl_anchor=False)
+    assert (plain.kl_weight, plain.anchor_prompts) == (0.0, 0)
 
 
 def test_unknown_target_module_is_named(tiny_base) -> None:
