@@ -61,19 +61,19 @@ ARENA_WORD_DROPOUT = 0.3
 # (benchmarks/suites/dev_learning.jsonl): its label users' decision tasks 4/11 -> 7/11;
 # the bundled suite holds no decision, so its runs are exactly as before.
 ARENA_CHOICE_WEIGHT = 1.0
-# The KL anchor's weight when an arena adapter trains (``sft-kl`` ...): three times the
-# online trainer's 10, whose updates are small and gated. Chosen on the development
-# suite (benchmarks/suites/dev_learning.jsonl, 28 probes the base passes): probe
-# retention 0.969 -> 0.981 and adapter success 0.71 -> 0.76 against 10; 8 anchor rows a
-# step over 63 general prompts instead did not help (0.944, 0.68).
-ARENA_KL_WEIGHT = 30.0
+# The KL anchor's weight when an arena adapter trains (``sft-kl`` ...): the online
+# trainer's 10 (``TrainConfig.kl_weight``). 30 was tried: on the development suite
+# (benchmarks/suites/dev_learning.jsonl) probe retention 0.969 -> 0.981, adapter
+# 0.71 -> 0.76, but on the bundled suite adapter success 0.84 -> 0.48 and retention
+# 0.971 -> 0.938, final adapters of one run each (benchmarks/results/README.md); 8
+# anchor rows a step over 63 general prompts did not help on the development suite
+# (retention 0.944, adapter 0.68).
 ARENA_TRAIN = TrainConfig(
     steps=24,
     lr=4e-3,
     batch_size=4,
     word_dropout=ARENA_WORD_DROPOUT,
     choice_weight=ARENA_CHOICE_WEIGHT,
-    kl_weight=ARENA_KL_WEIGHT,
 )
 # Repetition control of every condition's answers (``adaptkit arena run
 # --frequency-penalty`` ...). OpenAI's frequency penalty counts the answer's tokens only:
