@@ -61,6 +61,13 @@ ARENA_WORD_DROPOUT = 0.3
 # (benchmarks/suites/dev_learning.jsonl): its label users' decision tasks 4/11 -> 7/11;
 # the bundled suite holds no decision, so its runs are exactly as before.
 ARENA_CHOICE_WEIGHT = 1.0
+# The KL anchor's weight when an arena adapter trains (``sft-kl`` ...): the online
+# trainer's 10 (``TrainConfig.kl_weight``). 30 was tried: on the development suite
+# (benchmarks/suites/dev_learning.jsonl) probe retention 0.969 -> 0.981, adapter
+# 0.71 -> 0.76, but on the bundled suite adapter success 0.84 -> 0.48 and retention
+# 0.971 -> 0.938, final adapters of one run each (benchmarks/results/README.md); 8
+# anchor rows a step over 63 general prompts did not help on the development suite
+# (retention 0.944, adapter 0.68).
 ARENA_TRAIN = TrainConfig(
     steps=24,
     lr=4e-3,

@@ -198,6 +198,8 @@ def _run(options: ArenaOptions) -> dict[str, Path]:
                 "batch_size": options.sft.batch_size,
                 "word_dropout": options.sft.word_dropout,
                 "choice_weight": options.sft.choice_weight,
+                "kl_weight": options.sft.kl_weight,
+                "anchor_prompts": options.sft.anchor_prompts,
             },
         },
     )

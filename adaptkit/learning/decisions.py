@@ -16,17 +16,24 @@ A record is a **decision** when (first rule that applies):
    records have a short answer, and they take at most half as many distinct values as
    there are such records (rounded up).
 
-Its **target** is the decision in a canonical short form, and its **candidates** the
-decisions it was made against:
+Its **target** is the decision in the user's own form, and its **candidates** the
+decisions it was made against, in the same form:
 
-- a label: the answer itself, stripped (the user's own form: "[3]", "4", "positive");
-  the candidates are the user's other labels;
-- an option: the marker alone when every option answer of the user is a bare marker
-  (the user answers "B": a check then wants the marker), else the option's text as
-  listed ("Falafel wrap"); the candidates are the other options in the same form.
-  Text, not "B. Falafel wrap": with the marker first the decision rests on one letter
-  token, and an adapter trained on a few choices learns which letter the user picked
-  most (measured on the development suite: "B." for every request), not what.
+- a label: the answer itself, stripped ("[3]", "4", "positive"); the candidates are the
+  user's other labels;
+- an option: the way the user names options, read from all their option answers:
+  - the marker next to the option's text ("(C) Beach villa", "I'd go with B. Falafel
+    wrap") in any answer: the marker as the user writes it, then the option's text as
+    listed ("(C) Beach villa", "B. Falafel wrap"), for every option answer of the user.
+    A reader checking either the marker or the text finds what it looks for (PrefEval
+    scores "(C)", a menu check the dish);
+  - else the bare marker in every answer ("B", "(2)"): the marker as the user writes it;
+  - else the option's text as listed ("Falafel wrap").
+
+  The candidates are the other options in the same form: the choice term then weighs
+  the marker and the text of each option together, not the letter alone (an adapter
+  trained on the letter alone learns which letter the user picked most: measured on
+  the development suite, "B." for every request).
 
 The update rules then put the loss on the target alone, plus a choice term: the target
 against the candidates, a cross-entropy over their summed log-probabilities
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -89,14 +97,58 @@ def _fold(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def chosen(listed: Sequence[Option], answer: str) -> tuple[Option, bool] | None:
-    """(the option ``answer`` names, whether it is the bare marker), or None."""
+@dataclass(frozen=True)
+class Pick:
+    """The option an answer names, and how it names it."""
+
+    option: Option
+    form: str  # "marker" (the marker alone), "marked" (marker then text) or "text"
+    notation: str  # how the answer writes a marker: "{}", "({})", "{}.", "[{}]" ...
+
+
+def _notation(written: str, marker: str) -> str:
+    """``written`` ("(c)", "C.") as a template for any marker: "({})", "{}."."""
+    at = written.upper().index(marker)
+    return written[:at] + "{}" + written[at + len(marker) :]
+
+
+def chosen(listed: Sequence[Option], answer: str) -> Pick | None:
+    """The option ``answer`` names and how (its marker alone, marker and text, text), or None."""
     by_marker = {o.marker: o for o in listed}
-    if bare := _BARE.match(answer.strip()):
+    stripped = answer.strip()
+    if bare := _BARE.match(stripped):
         marker = next(g for g in bare.groups() if g).upper()
-        return (by_marker[marker], True) if marker in by_marker else None
+        if marker not in by_marker:
+            return None
+        return Pick(by_marker[marker], "marker", _notation(stripped, marker))
     named = [o for o in listed if _fold(o.text) in _fold(answer)]
-    return (named[0], False) if len(named) == 1 else None
+    if len(named) != 1:
+        return None
+    option = named[0]
+    text = r"\s+".join(re.escape(word) for word in option.text.split())
+    mark = re.escape(option.marker)
+    if found := re.search(
+        rf"(?<![\w(\[])(\({mark}\)|\[{mark}\]|{mark}[.):])\s*{text}", answer, re.IGNORECASE
+    ):
+        return Pick(option, "marked", _notation(found.group(1), option.marker))
+    return Pick(option, "text", "{}")
+
+
+def _user_form(picks: Sequence[Pick]) -> tuple[str, str]:
+    """(form, notation) of the user's option answers: marker and text when any answer
+    gives both, the marker when every answer is one, else the text; the notation the
+    user writes most (first seen on a tie)."""
+    for form in ("marked", "marker"):
+        mine = [p.notation for p in picks if p.form == form]
+        if mine and (form == "marked" or len(mine) == len(picks)):
+            return form, Counter(mine).most_common(1)[0][0]
+    return "text", "{}"
+
+
+def _in_form(option: Option, form: str, notation: str) -> str:
+    if form == "marked":
+        return f"{notation.format(option.marker)} {option.text}"
+    return notation.format(option.marker) if form == "marker" else option.text
 
 
 def is_short(answer: str) -> bool:
@@ -140,15 +192,14 @@ def as_decisions(examples: Sequence[Example], history: Sequence[Example] = ()) -
         for e in everything
         if (listed := options(_request(e))) and (pick := chosen(listed, e.completion))
     ]
-    bare_markers = bool(picks) and all(bare for _, bare in picks)
+    form, notation = _user_form(picks)
     out = []
     for example in examples:
         listed = options(_request(example))
         pick = chosen(listed, example.completion) if listed else None
         if pick is not None:
-            form = (lambda o: o.marker) if bare_markers else (lambda o: o.text)
-            target = form(pick[0])
-            others = tuple(form(o) for o in listed if o != pick[0])
+            target = _in_form(pick.option, form, notation)
+            others = tuple(_in_form(o, form, notation) for o in listed if o != pick.option)
             out.append(replace(example, completion=target, choices=others))
         elif labels and example.completion.strip() in labels:
             target = example.completion.strip()
@@ -164,6 +215,7 @@ __all__ = [
     "LABEL_WORDS",
     "MIN_LABELED",
     "Option",
+    "Pick",
     "as_decisions",
     "one_per_event",
     "options",

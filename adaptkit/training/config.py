@@ -37,8 +37,24 @@ class TrainConfig:
         },
     )
 
+    kl_weight: float = field(
+        default=KL_WEIGHT,
+        metadata={
+            "help": "with the KL anchor: weight of KL(base || adapter) on general prompts, "
+            "which keeps the adapter's answers to them the base's"
+        },
+    )
+    anchor_prompts: int = field(
+        default=ANCHOR_ROWS_PER_STEP,
+        metadata={"help": "with the KL anchor: general prompts under KL per step"},
+    )
+
     def __post_init__(self) -> None:
         problems = []
+        if not math.isfinite(self.kl_weight) or self.kl_weight < 0:
+            problems.append(f"--kl-weight must be >= 0, got {self.kl_weight}")
+        if self.anchor_prompts < 0:
+            problems.append(f"--anchor-prompts must be >= 0, got {self.anchor_prompts}")
         if not math.isfinite(self.choice_weight) or self.choice_weight < 0:
             problems.append(f"--choice-weight must be >= 0, got {self.choice_weight}")
         if self.steps < 1:
@@ -55,13 +71,14 @@ class TrainConfig:
             raise InputError("; ".join(problems))
 
     def step_config(self, *, kl_anchor: bool) -> StepConfig:
-        """The step loop's arguments; ``kl_anchor`` adds the online trainer's KL anchor."""
+        """The step loop's arguments; ``kl_anchor`` adds the KL anchor (``kl_weight``,
+        ``anchor_prompts``; the online trainer's by default)."""
         return StepConfig(
             steps=self.steps,
             lr=self.lr,
             max_length=self.max_length,
-            anchor_prompts=ANCHOR_ROWS_PER_STEP if kl_anchor else 0,
-            kl_weight=KL_WEIGHT if kl_anchor else 0.0,
+            anchor_prompts=self.anchor_prompts if kl_anchor else 0,
+            kl_weight=self.kl_weight if kl_anchor else 0.0,
             seed=self.seed,
         )
 

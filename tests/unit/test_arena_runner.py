@@ -409,6 +409,10 @@ def test_arena_defaults_are_the_options_and_the_lora_flags_default_to_the_model(
         TrainConfig(steps=24, lr=4e-3, batch_size=4, word_dropout=0.3, choice_weight=1.0)
         == ARENA_TRAIN
     )
+    assert ARENA_TRAIN.kl_weight == TrainConfig().kl_weight == 10.0  # the online trainer's
+    flags = ["arena", "run", "--out", str(out), "--kl-weight", "5", "--anchor-prompts", "2"]
+    assert CliRunner().invoke(main, flags).exit_code == 0
+    assert (taken[-1].sft.kl_weight, taken[-1].sft.anchor_prompts) == (5.0, 2)
     flags = ["arena", "run", "--out", str(out), "--top-layers", "2", "--alpha", "8"]
     assert CliRunner().invoke(main, flags).exit_code == 0
     assert taken[-1].lora == {"top_layers": 2, "alpha": 8.0}
@@ -424,6 +428,7 @@ def test_arena_defaults_are_the_options_and_the_lora_flags_default_to_the_model(
     assert refused.exit_code == 2 and "presence_penalty must be in [-2, 2]" in refused.output
     help_text = CliRunner().invoke(main, ["arena", "run", "--help"]).output
     assert "[default: 24]" in help_text and "[default: 0.3]" in help_text
+    assert "--kl-weight" in help_text and "[default: 10.0]" in help_text
     assert "online trainer's shape for" in help_text
     with pytest.raises(InputError, match="lora: rnk not fields of LoraSpec"):
         ArenaOptions(out=out, lora={"rnk": 4})

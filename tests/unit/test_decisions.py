@@ -49,9 +49,42 @@ def test_an_option_answer_becomes_the_option_text_with_the_others_as_choices() -
 
 
 def test_a_user_who_answers_with_bare_markers_keeps_them() -> None:
-    examples = [Example(ask(MENU), "B"), Example(ask(LUNCH), "(2)")]
+    assert [(e.completion, e.choices) for e in as_decisions([Example(ask(MENU), "B")])] == [
+        ("B", ("A", "C"))
+    ]
+    # As the user writes them: the parentheses too, on every decision of the user.
+    got = as_decisions([Example(ask(MENU), "(B)"), Example(ask(LUNCH), "(2)")])
+    assert [(e.completion, e.choices) for e in got] == [
+        ("(B)", ("(A)", "(C)")),
+        ("(2)", ("(1)",)),
+    ]
+
+
+PREFEVAL = (
+    "Where should I go?\n\n(A) Ski lodge\n(B) Beach villa\n(C) City flat\n(D) Farm stay\n\n"
+    "Answer with the letter of one option: (A), (B), (C) or (D)."
+)
+
+
+def test_an_answer_giving_marker_and_text_is_learned_as_both_in_the_user_s_notation() -> None:
+    got = as_decisions([Example(ask(PREFEVAL), "(B) Beach villa")])
+    assert (got[0].completion, got[0].choices) == (
+        "(B) Beach villa",
+        ("(A) Ski lodge", "(C) City flat", "(D) Farm stay"),
+    )
+    # One answer naming both is enough: every option answer of the user takes that form,
+    # bare markers and texts alike, in the notation the user writes ("C." here).
+    examples = [
+        Example(ask(MENU), "B"),
+        Example(ask(LUNCH), "I'd go with the lentil soup"),
+        Example(ask(MENU), "I'd go with C. Chicken wings, thanks."),
+    ]
     got = as_decisions(examples)
-    assert [(e.completion, e.choices) for e in got] == [("B", ("A", "C")), ("2", ("1",))]
+    assert [e.completion for e in got] == ["B. Falafel wrap", "2. Lentil soup", "C. Chicken wings"]
+    assert got[1].choices == ("1. Ham sandwich",)
+    # A marker letter ending a word, or a marker not right before the text, is no marker.
+    for answer in ("Club. Falafel wrap", "Plan B: the falafel wrap"):
+        assert as_decisions([Example(ask(MENU), answer)])[0].completion == "Falafel wrap"
 
 
 def test_an_answer_naming_no_option_or_two_is_not_a_decision() -> None:
@@ -105,7 +138,12 @@ def test_sft_rows_and_loss_with_and_without_decisions() -> None:
     picked = rule.select(_menu_batch(), RuleContext())
     assert picked.outcomes == plain.outcomes
     rows = rule.rows(picked.examples)
-    assert [c for _, c in rows] == ["Falafel wrap", "Hi Sam!", "Beef burger", "Chicken wings"]
+    assert [c for _, c in rows] == [
+        "B. Falafel wrap",
+        "Hi Sam!",
+        "A. Beef burger",
+        "C. Chicken wings",
+    ]
     sums, counts = torch.tensor([-2.0, -5.0, -3.0, -4.0]), torch.tensor([4, 3, 4, 5])
     expected = losses.sft_loss(sums[:2], counts[:2]) + 0.5 * losses.choice_loss(sums[0], sums[2:])
     assert torch.allclose(rule.loss(picked.examples, (sums, counts), None), expected)

@@ -4,6 +4,7 @@ PEFT format, base untouched."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,59 @@ def test_bad_hyperparameters_name_the_flag() -> None:
         TrainConfig(lr=float("nan"))
     with pytest.raises(InputError, match="--steps must be >= 1.*--batch-size must be >= 1"):
         TrainConfig(steps=0, batch_size=0)
+    with pytest.raises(InputError, match="--kl-weight must be >= 0.*--anchor-prompts must be >= 0"):
+        TrainConfig(kl_weight=-1.0, anchor_prompts=-1)
+
+
+def test_the_kl_anchor_settings_reach_the_step_loop_only_with_the_anchor() -> None:
+    config = TrainConfig(kl_weight=30.0, anchor_prompts=6)
+    anchored = config.step_config(kl_anchor=True)
+    assert (anchored.kl_weight, anchored.anchor_prompts) == (30.0, 6)
+    plain = config.step_config(kl_anchor=False)
+    assert (plain.kl_weight, plain.anchor_prompts) == (0.0, 0)
 
 
 def test_unknown_target_module_is_named(tiny_base) -> None:
     with pytest.raises(InputError, match="--targets 'q_proj,qkv'.*qkv"):
         LoraSpec(targets="q_proj,qkv").target_modules(tiny_base.model)
+
+
+def _anchor_kl(slot, anchors) -> float:
+    """Mean KL(base || adapter) over the anchor set's answers."""
+    from adaptkit.learning import encode_rows
+
+    with torch.no_grad():
+        scored = slot.scored(encode_rows(slot.base.tokenizer, anchors.rows, 64))
+        logps = torch.log_softmax(scored.logits.float(), dim=-1)
+    total = [
+        (ref.exp() * (ref - logps[scored.rows == i])).sum(-1).mean()
+        for i, ref in enumerate(anchors.reference)
+    ]
+    return float(torch.stack(total).mean())
+
+
+def test_a_heavier_kl_weight_keeps_general_answers_closer_to_the_base(tiny_base) -> None:
+    from adaptkit.learning import ANCHOR_PROMPTS, AdapterSlot, AnchorSet, Example, run_steps
+    from adaptkit.learning.rules import build_rule
+
+    slot = AdapterSlot(tiny_base, LoraSpec(rank=4, alpha=8))
+    try:
+        anchors = AnchorSet.build(slot, ANCHOR_PROMPTS[:6], 64, answer_tokens=8)
+        ask = ({"role": "user", "content": "Plan my Sunday."},)
+        examples = [Example(ask, "Brush Mochi, then a 5 mile bike ride.")] * 4
+        drift = {}
+        for weight in (0.0, 30.0):
+            slot.reset()
+            config = TrainConfig(steps=25, lr=3e-2, max_length=64, kl_weight=weight)
+            config = replace(config, anchor_prompts=len(anchors.rows))
+            run_steps(
+                slot,
+                build_rule("sft"),
+                lambda _step: examples,
+                config.step_config(kl_anchor=True),
+                anchors=anchors,
+            )
+            drift[weight] = _anchor_kl(slot, anchors)
+        assert drift[30.0] < 0.5 * drift[0.0], drift
+    finally:
+        slot.model.unload()
