@@ -80,7 +80,7 @@ def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 def _int8_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``Int8Linear``'s per-output-channel scale and the weight in its units."""
-    scale = (weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0).to(ACTIVATION_DTYPE).float()
+    scale = Int8Linear(weight, None).scale.float()
     return scale, weight / scale[:, None]
 
 
