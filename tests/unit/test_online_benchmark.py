@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -10,17 +9,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "online.py"
+from benchmark_support import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def online() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("online_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("online")
 
 
 def _args(online: ModuleType, monkeypatch: pytest.MonkeyPatch, *argv: str):
