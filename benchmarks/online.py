@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from adaptkit.base_model import DEFAULT_BASE, load_base  # noqa: E402
+from adaptkit.base_model import DEFAULT_BASE, QUANT_CHOICES, backend_of, load_base  # noqa: E402
 from adaptkit.errors import UnknownUserError  # noqa: E402
 from adaptkit.feedback import FeedbackEvent  # noqa: E402
 from adaptkit.gate import Gate, GateConfig, ProbeSuite  # noqa: E402
@@ -131,6 +131,18 @@ def evaluate(trainer: OnlineTrainer, user: str, probes: ProbeSuite) -> dict[str,
 
 
 def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args) -> dict:
+    """One condition from start to end; returns its summary."""
+    rounds = condition_rounds(name, config, gate, base, args)
+    while True:
+        try:
+            next(rounds)
+        except StopIteration as done:
+            return done.value
+
+
+def condition_rounds(name: str, config: OnlineConfig, gate: GateConfig, base, args):
+    """One condition as a generator that yields after each update round and returns
+    the summary, so that two bases' runs can alternate round by round (``--quant``)."""
     root = Path(tempfile.mkdtemp(prefix=f"online-{name}-"))
     home = Home(root).ensure()
     registry = Registry(home.registry_url, home.adapters_dir)
@@ -195,6 +207,7 @@ def run_condition(name: str, config: OnlineConfig, gate: GateConfig, base, args)
                     indent=2,
                 )
             )
+        yield round_number
     trainer.close()  # the base model is shared with the next condition
     probe_counts = {"gated": len(probes.prepared), "near_tie_left_out": len(probes.fragile)}
     return summarize(
@@ -269,6 +282,13 @@ def parse_args() -> argparse.Namespace:
         help="home whose models/ holds (or can convert) the base model",
     )
     parser.add_argument("--base", default=DEFAULT_BASE)
+    parser.add_argument(
+        "--quant",
+        default="none",
+        help=f"base quantization, one of {', '.join(QUANT_CHOICES)}; a comma list "
+        "(none,int8) runs every base with their update rounds alternating and reports "
+        "the latency ratios",
+    )
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--conditions", default="anchored,plain_sft")
     parser.add_argument("--eval-every", type=int, default=5, help="rounds between evaluations")
@@ -295,41 +315,83 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     args.lora = LoraSpec(targets=args.targets, top_layers=args.top_layers) if args.targets else None
+    args.quant = args.quant.split(",")
+    for quant in args.quant:
+        if quant not in QUANT_CHOICES:
+            parser.error(f"--quant {quant!r} is not one of {', '.join(QUANT_CHOICES)}")
+    if args.merge and len(args.quant) > 1:
+        parser.error("--merge combines one base's partial files: give one --quant")
     args.eval_rounds = set(range(args.eval_every, args.rounds + 1, args.eval_every)) | {args.rounds}
     return args
+
+
+CONDITIONS = {
+    "anchored": (OnlineConfig(), GateConfig()),
+    "plain_sft": (
+        OnlineConfig(replay=0, anchor_prompts=0, kl_weight=0.0, holdout_every=0),
+        GateConfig(min_retention=0.0, user_tolerance=float("inf")),
+    ),
+}
 
 
 def run_conditions(args: argparse.Namespace) -> dict[str, dict]:
     """Each condition of ``--conditions`` run on one copy of the base model."""
     model_home = Home(args.home or Path(tempfile.mkdtemp(prefix="online-models-"))).ensure()
-    base = load_base(args.base, home=model_home)
-    conditions = {
-        "anchored": (OnlineConfig(), GateConfig()),
-        "plain_sft": (
-            OnlineConfig(replay=0, anchor_prompts=0, kl_weight=0.0, holdout_every=0),
-            GateConfig(min_retention=0.0, user_tolerance=float("inf")),
-        ),
-    }
+    base = load_base(args.base, home=model_home, quant=args.quant[0])
     results = {}
     for name in args.conditions.split(","):
-        config, gate = conditions[name]
-        results[name] = run_condition(name, config, gate, base, args)
+        config, gate = CONDITIONS[name]
+        label = condition_label(name, args.quant[0])
+        results[name] = run_condition(label, config, gate, base, args)
     return results
+
+
+def run_paired(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
+    """Each condition on every base of ``--quant``, the bases' update rounds alternating
+    (fp32 round 1, int8 round 1, fp32 round 2, ...): both see the same machine load, so
+    their latencies compare. Returns {quant: {condition: summary}}."""
+    model_home = Home(args.home or Path(tempfile.mkdtemp(prefix="online-models-"))).ensure()
+    bases = {quant: load_base(args.base, home=model_home, quant=quant) for quant in args.quant}
+    results: dict[str, dict[str, dict]] = {quant: {} for quant in args.quant}
+    for name in args.conditions.split(","):
+        config, gate = CONDITIONS[name]
+        runs = {
+            quant: condition_rounds(condition_label(name, quant), config, gate, base, args)
+            for quant, base in bases.items()
+        }
+        while runs:
+            for quant, rounds in list(runs.items()):
+                try:
+                    next(rounds)
+                except StopIteration as done:
+                    results[quant][name] = done.value
+                    del runs[quant]
+    return results
+
+
+def condition_label(name: str, quant: str) -> str:
+    """A condition's name in logs and partial files: ``anchored``, ``anchored-int8``."""
+    return name if quant == "none" else f"{name}-{quant}"
 
 
 def merge_partial(args: argparse.Namespace) -> dict[str, dict]:
     """The conditions' summaries from the partial files of earlier runs."""
     return {
-        name: summarize(json.loads(args.json.with_suffix(f".{name}.partial.json").read_text()))
+        name: summarize(json.loads(args.json.with_suffix(f".{label}.partial.json").read_text()))
         for name in args.conditions.split(",")
+        for label in [condition_label(name, args.quant[0])]
     }
 
 
-def report(args: argparse.Namespace, results: dict[str, dict], started: float) -> dict:
+def report(
+    args: argparse.Namespace, results: dict[str, dict], started: float, quant: str = "none"
+) -> dict:
     """The JSON written: the anchored condition's headline numbers, then every condition."""
     anchored = results.get("anchored", next(iter(results.values())))
     output = {
         "model": args.base,
+        "quant": quant,
+        "backend": backend_of(quant),
         "rounds": args.rounds,
         "events_per_round": 4,
         "adapter": {"targets": args.targets or "online_lora", "top_layers": args.top_layers},
@@ -363,11 +425,51 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = merge_partial(args) if args.merge else run_conditions(args)
-    output = report(args, results, started)
+    if len(args.quant) > 1:
+        by_quant = run_paired(args)
+        output = paired_report(args, by_quant, started)
+        plot(
+            {
+                condition_label(name, quant): result
+                for quant, results in by_quant.items()
+                for name, result in results.items()
+            },
+            args.json.with_suffix(".png"),
+        )
+    else:
+        results = merge_partial(args) if args.merge else run_conditions(args)
+        output = report(args, results, started, args.quant[0])
+        plot(results, args.json.with_suffix(".png"))
     args.json.write_text(json.dumps(output, indent=2))
-    plot(results, args.json.with_suffix(".png"))
-    print(json.dumps({k: v for k, v in output.items() if k != "conditions"}, indent=2))
+    print(json.dumps(headline(output), indent=2))
+
+
+def paired_report(args: argparse.Namespace, by_quant: dict[str, dict], started: float) -> dict:
+    """Every base's report, then per condition each base's update latency p50 over the
+    first base's (``--quant none,int8``: int8 over fp32)."""
+    reports = {quant: report(args, results, started, quant) for quant, results in by_quant.items()}
+    reference, *others = args.quant
+    ratios = {
+        name: {
+            quant: by_quant[quant][name]["latency_s_p50"]
+            / by_quant[reference][name]["latency_s_p50"]
+            for quant in others
+        }
+        for name in args.conditions.split(",")
+    }
+    return {
+        "paired": f"update rounds alternate between the bases {', '.join(args.quant)}",
+        "latency_p50_ratio_over_" + reference: ratios,
+        "bases": reports,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def headline(output: dict) -> dict:
+    """The printed summary: the JSON without the per-condition detail."""
+    if "bases" in output:
+        return {**output, "bases": {q: headline(r) for q, r in output["bases"].items()}}
+    return {k: v for k, v in output.items() if k != "conditions"}
 
 
 if __name__ == "__main__":

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "arena_floors.py"
+from benchmark_support import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def floors() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("arena_floors", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("arena_floors")
 
 
 def _report(adapter: float = 0.84, memory: float | None = 0.04, **run: Any) -> dict[str, Any]:
