@@ -108,6 +108,9 @@ async def one_request(http: httpx.AsyncClient, url: str, user: str, prompt: str,
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:  # the server failed the row mid-answer
+                record["status"], record["error"] = 500, chunk["error"]["message"]
+                break
             record["model"], record["id"] = chunk["model"], chunk["id"]
             if chunk.get("usage"):
                 record["tokens"] = chunk["usage"]["completion_tokens"]
@@ -225,6 +228,7 @@ async def load(url: str, clients: int, users: list[str], args, *, stream: bool, 
         "requests": len(records),
         "ok": len(ok),
         "status_5xx": sum(1 for r in records if r["status"] >= 500),
+        "errors_seen": sorted({r["error"] for r in records if "error" in r})[:3],
         "status_other": sum(1 for r in records if r["status"] not in (200,) and r["status"] < 500),
         "wall_seconds": round(wall, 2),
         "output_tokens": tokens,
@@ -479,6 +483,10 @@ def main() -> None:
                 results.setdefault("adaptkit", {})[f"clients_{n}"] = summary
                 answers = ok
                 progress(json.dumps(summary))
+        except BaseException:
+            # For diagnosis only (it names this machine's files): shown, not stored.
+            progress("servers' log, last lines:\n" + log.read_text(errors="replace")[-4000:])
+            raise
         finally:
             stop(ours)
         peer_port = free_port()

@@ -76,7 +76,9 @@ class RowSlots:
             pieces = [[(a.modules[name], w) for a, w in row if name in a.modules] for row in rows]
             rank = max((sum(p.rank for p, _ in row) for row in pieces), default=0)
             deltas = self._buffers.get(name)
-            if rank and (deltas is None or deltas.At.shape[2] < rank or len(deltas.At) < stop):
+            have = 0 if deltas is None else deltas.At.shape[2]
+            # More rank, or more rows than the buffers hold (rows without this layer too).
+            if rank > have or (deltas is not None and len(deltas.At) < stop):
                 deltas = self._buffers[name] = self._grown(wrapper, deltas, rank)
             holds = self._holds[name]
             del holds[start:]

@@ -81,6 +81,13 @@ def test_rows_compute_their_own_adapters_through_joins_and_leaves(layers) -> Non
     slots.point(0, 3)
     check(layers, [rows[i] for i in order])
 
+    # Past the capacity again with rows that lack a layer the others have: it grows too.
+    more = [[], [(carol, 1.0)], [], [(alice, 1.0)], [(carol, 1.0)], [], []]
+    slots.append(more)
+    assert slots.capacity == 16 and slots.rows == 10
+    slots.point(0, 10)
+    check(layers, [rows[i] for i in order] + more)
+
     slots.clear()
     assert slots.rows == 0 and all(layer.delta is None for layer in layers.values())
     slots.append([[], []])  # base-only rows: no layer computes a delta
