@@ -50,8 +50,10 @@ class LearningBudget:
             closed.wait(check_seconds)
 
     def spent(self, seconds: float) -> None:
-        """An update just took ``seconds``."""
-        self._resume_at = time.perf_counter() + seconds * (1.0 - self.share) / self.share
+        """An update just took ``seconds`` (a call that found nothing to train, a few
+        milliseconds, never shortens the pause an earlier update earned)."""
+        pause = seconds * (1.0 - self.share) / self.share
+        self._resume_at = max(self._resume_at, time.perf_counter() + pause)
 
 
 class _Observed:

@@ -62,6 +62,10 @@ def test_a_busy_batch_pauses_learning_for_the_rest_of_its_share_and_no_longer() 
     assert elapsed(lambda: budget.wait(closed)) < 60  # ... that ends when the batch calms
     busy.set()
     budget.spent(120)
+    budget.spent(0.001)  # an update that found nothing to train: the pause stands
+    threading.Timer(0.3, closed.set).start()
+    assert elapsed(lambda: budget.wait(closed)) >= 0.3
+    closed.clear()
     threading.Timer(0.2, closed.set).start()
     assert elapsed(lambda: budget.wait(closed)) < 60  # ... or the server closes
     unlimited = LearningBudget(1.0, busy.is_set)
