@@ -238,9 +238,10 @@ def test_a_request_joins_a_busy_batch_after_a_few_steps_with_its_answer_alone(
             Job(Request(PROMPTS[i % 4], user="alice"), Sampling(60), [], loop) for i in range(9)
         ]
         running = [asyncio.create_task(finish(job)) for job in long]
-        while len(scheduler.session.rows) < 9:
-            await asyncio.sleep(0.01)
-        assert scheduler.busy()
+        # The scheduler's thread counts a job as running just after its row is admitted.
+        async with asyncio.timeout(60):
+            while len(scheduler.session.rows) < 9 or not scheduler.busy():
+                await asyncio.sleep(0.01)
         joined = await finish(Job(lone, Sampling(6), [], loop))
         open_rows = sum(1 for job in long if job.row is not None and job.row.finish is None)
         await asyncio.gather(*running)
