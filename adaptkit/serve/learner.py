@@ -83,17 +83,16 @@ class _Observed:
     def update(self, user_id: str) -> UpdateResult | None:
         if self.threads:
             use_threads(self.threads)
+        self.budget.wait(self.closed)  # counted in the events' `wait` stage
         began = time.perf_counter()
         started = datetime.now(timezone.utc)
-        self.budget.wait(self.closed)
         pending = self.log.pending(user_id, limit=self.trainer.config.max_events).events
         self.in_flight = True
-        computing = time.perf_counter()
         try:
             result = self.trainer.update(user_id)
         finally:
             self.in_flight = False
-            self.budget.spent(time.perf_counter() - computing)
+            self.budget.spent(time.perf_counter() - began)
         if result is None:
             return None
         self.metrics.update_seconds.observe(time.perf_counter() - began)
