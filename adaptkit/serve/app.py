@@ -7,13 +7,14 @@ scheduler, learner, keys); handlers only translate HTTP to those objects and bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -47,6 +48,8 @@ from adaptkit.serve.schemas import (
     VersionCard,
 )
 from adaptkit.serve.server import Server
+
+MAX_FEEDBACK_WAIT_S = 60.0  # GET /v1/feedback/{id}?wait=: longer holds belong to a retry loop
 
 ERRORS = {
     status: {"model": ErrorBody, "description": why}
@@ -263,12 +266,27 @@ def create_app(server: Server) -> FastAPI:
         return await run_in_threadpool(records.feedback_state, server.registry, stored.id)
 
     @app.get("/v1/feedback/{feedback_id}", response_model=FeedbackState)
-    async def get_feedback(feedback_id: str, key: Principal):
+    async def get_feedback(
+        feedback_id: str,
+        key: Principal,
+        http: Request,
+        wait: Annotated[float, Query(ge=0, le=MAX_FEEDBACK_WAIT_S)] = 0,
+    ):
+        """``wait``: while the event is pending, answer once it is not (or after ``wait``
+        seconds, still pending): one request per event instead of a polling loop."""
         number = records.feedback_number(feedback_id)
-        state = await run_in_threadpool(records.feedback_state, server.registry, number)
-        if state is None or (key is not None and not key.reaches(state.user)):
-            raise ApiError(404, f"no feedback {feedback_id!r}", param="feedback_id")
-        return state
+        deadline = time.monotonic() + wait
+        while True:
+            learned = server.updates.since()  # before the read: an update in between wakes us
+            state = await run_in_threadpool(records.feedback_state, server.registry, number)
+            if state is None or (key is not None and not key.reaches(state.user)):
+                raise ApiError(404, f"no feedback {feedback_id!r}", param="feedback_id")
+            left = deadline - time.monotonic()
+            if state.state != "pending" or left <= 0 or await http.is_disconnected():
+                return state
+            # Re-read at least every --poll-seconds: another process may train it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(learned.wait(), min(left, server.config.poll_seconds))
 
     # -- admin -------------------------------------------------------------------------
 

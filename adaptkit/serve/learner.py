@@ -8,6 +8,7 @@ promoted version is the user's active one, so the next request is planned on it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -24,6 +25,34 @@ from adaptkit.serve.metrics import ServeMetrics
 from adaptkit.serve.scheduler import use_threads
 
 log = logging.getLogger(__name__)
+
+
+class Updates:
+    """Wakes the requests that wait for feedback to be learned (``GET
+    /v1/feedback/{id}?wait=S``) when an update ends, instead of their polling.
+
+    ``since()`` runs on the event loop and returns the event the next update sets: take
+    it *before* reading the state, so an update that ends in between still wakes the
+    reader. ``notify()`` runs on the trainer's thread and crosses to the loop.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next: asyncio.Event | None = None
+
+    def since(self) -> asyncio.Event:
+        if self._next is None:
+            self._loop, self._next = asyncio.get_running_loop(), asyncio.Event()
+        return self._next
+
+    def notify(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        if self._next is not None:
+            fired, self._next = self._next, None
+            fired.set()
 
 
 class LearningBudget:
@@ -67,6 +96,7 @@ class _Observed:
         threads: int,
         budget: LearningBudget,
         closed: threading.Event,
+        on_update: Callable[[], None],
     ) -> None:
         self.trainer = trainer
         self.log = trainer.log
@@ -74,6 +104,7 @@ class _Observed:
         self.threads = threads
         self.budget = budget
         self.closed = closed
+        self.on_update = on_update
         self.in_flight = False  # an update runs now (decoding gives up cores meanwhile)
 
     @property
@@ -95,6 +126,7 @@ class _Observed:
             self.budget.spent(time.perf_counter() - began)
         if result is None:
             return None
+        self.on_update()
         self.metrics.update_seconds.observe(time.perf_counter() - began)
         if result.version is None:
             return result
@@ -137,10 +169,12 @@ class Learner:
         poll_seconds: float = 1.0,
         threads: int = 0,
         budget: LearningBudget | None = None,
+        on_update: Callable[[], None] = lambda: None,
     ) -> None:
         """``config``, ``probes``: the online trainer's (``adaptkit.online``); None: its
         defaults. ``threads``: the trainer's torch threads (0: torch's). ``budget``: its
-        share of a busy server's time (None: no limit)."""
+        share of a busy server's time (None: no limit). ``on_update``: called on the
+        trainer's thread after each update that consumed events."""
         self.registry = registry
         self.log = FeedbackLog(registry)
         self.metrics = metrics
@@ -150,6 +184,7 @@ class Learner:
         self.error: str | None = None
         self.threads = threads
         self.budget = budget or LearningBudget(1.0, lambda: False)
+        self.on_update = on_update
         self._args = (home, base_name, quant, config, probes, poll_seconds)
         self._loader = threading.Thread(target=self._load, name="adaptkit-learner", daemon=True)
         self._closed = threading.Event()
@@ -183,7 +218,9 @@ class Learner:
             log.exception("the online trainer could not start")
             self.error = f"{type(error).__name__}: {error}"
             return
-        self._observed = _Observed(trainer, self.metrics, self.threads, self.budget, self._closed)
+        self._observed = _Observed(
+            trainer, self.metrics, self.threads, self.budget, self._closed, self.on_update
+        )
         worker = OnlineWorker(self._observed, poll_seconds=poll_seconds)
         self._trainer = trainer
         if not self._closed.is_set():

@@ -26,7 +26,7 @@ from adaptkit.online import OnlineConfig
 from adaptkit.registry import PENDING, FeedbackEventRow
 from adaptkit.router import Router
 from adaptkit.serve.auth import ApiKeys
-from adaptkit.serve.learner import Learner, LearningBudget
+from adaptkit.serve.learner import Learner, LearningBudget, Updates
 from adaptkit.serve.metrics import ServeMetrics
 from adaptkit.serve.scheduler import DecodeThreads, Scheduler
 from adaptkit.serve.upstream import (
@@ -177,6 +177,7 @@ class Server:
         # The default for threads that never set their own (set per thread below).
         torch.set_num_threads(decode.shared)
         self.learner = None
+        self.updates = Updates()
         self.scheduler = (
             _forwarder(kit, config, self.metrics)
             if config.upstream
@@ -203,6 +204,7 @@ class Server:
                 poll_seconds=config.poll_seconds,
                 threads=train,
                 budget=LearningBudget(config.learn_share, busy),
+                on_update=self.updates.notify,
             ).start()
 
     def notify(self, user_id: str) -> None:

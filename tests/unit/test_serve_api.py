@@ -15,6 +15,7 @@ from bank_support import make_lora_dir, publish_dir
 from serve_support import serving
 
 from adaptkit.bank import Repetition
+from adaptkit.feedback import FeedbackLog
 from adaptkit.kit import AdaptKit
 from adaptkit.serve import ApiKeys, ServeConfig, Server
 
@@ -67,7 +68,7 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     }
     config = ServeConfig(workers=0, max_batch=8, max_queue=64, max_body_bytes=4096)
     with built.kit, Server(built.kit, config) as server, serving(server) as url:
-        built.url = url
+        built.url, built.server = url, server
         yield built
 
 
@@ -245,8 +246,6 @@ def test_feedback_is_acknowledged_once_and_its_state_is_readable(world: World) -
     for odd in ("fb-x", "fb-%C2%B2", "12345678901234567890"):  # "²" is a digit to str.isdigit
         assert httpx.get(f"{world.url}/v1/feedback/{odd}", headers=headers).status_code == 404
     events = world.kit.registry  # one event stored, not two
-    from adaptkit.feedback import FeedbackLog
-
     assert len([e for e in FeedbackLog(events).events("bob") if e.kind == "edit"]) == 1
 
     other = chat(world, f"{world.model}:bob", temperature=1.0, seed=3)
@@ -274,6 +273,30 @@ def test_feedback_is_acknowledged_once_and_its_state_is_readable(world: World) -
         headers={"Authorization": f"Bearer {world.app_key}"},
     )
     assert foreign.status_code == 403
+
+
+def test_a_reader_can_wait_for_an_event_to_leave_pending(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.all_key}"}
+    answer = chat(world, f"{world.model}:bob")
+    body = {"completion_id": answer.id, "key": "accept"}
+    posted = httpx.post(f"{world.url}/v1/feedback", json=body, headers=headers).json()
+    url = f"{world.url}/v1/feedback/{posted['id']}"
+    began = time.monotonic()
+    still = httpx.get(url, params={"wait": 0.6}, headers=headers, timeout=30).json()
+    assert still["state"] == "pending" and time.monotonic() - began >= 0.6
+    number = int(posted["id"].removeprefix("fb-"))
+
+    def learn() -> None:  # what the trainer does when it skips the event, then its signal
+        time.sleep(0.3)
+        FeedbackLog(world.kit.registry).settle({number: "no-signal"}, rejected=False)
+        world.server.updates.notify()
+
+    threading.Thread(target=learn).start()
+    began = time.monotonic()
+    settled = httpx.get(url, params={"wait": 50}, headers=headers, timeout=90).json()
+    assert settled["state"] == "skipped" and time.monotonic() - began < 50
+    too_long = httpx.get(url, params={"wait": 61}, headers=headers)
+    assert too_long.status_code == 422 and "wait" in too_long.json()["error"]["message"]
 
 
 def test_concurrent_users_share_batches_and_keep_their_own_answers(world: World) -> None:

@@ -46,6 +46,8 @@ def test_serve_flags_are_checked_before_the_model_loads(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--max-queue must be >= 1" in result.output and "loopback only" in result.output
+    small = CliRunner().invoke(main, ["serve", "--cache-mb", "0", "--home", str(tmp_path)])
+    assert small.exit_code == 2 and "'--cache-mb': 0 is not in the range x>=1" in small.output
 
 
 def test_model_names() -> None:

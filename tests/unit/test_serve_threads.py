@@ -1,10 +1,13 @@
 """How the server shares the cores between decoding and the online trainer: decoding
 takes every core while no update runs and gives the trainer its share while one does
 (the scheduler's side: ``test_serve_session.py``); each thread's torch thread count is
-its own; while the batch is busy, the trainer computes at most its share of the time."""
+its own; while the batch is busy, the trainer computes at most its share of the time; an
+update's end wakes the requests waiting for feedback to be learned, from the trainer's
+thread."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -13,7 +16,7 @@ import torch
 
 from adaptkit.errors import InputError
 from adaptkit.serve import ServeConfig
-from adaptkit.serve.learner import LearningBudget
+from adaptkit.serve.learner import LearningBudget, Updates
 from adaptkit.serve.scheduler import DecodeThreads, use_threads
 from adaptkit.serve.server import thread_split
 
@@ -78,3 +81,20 @@ def test_the_learning_share_is_checked() -> None:
         ServeConfig(learn_share=0)
     with pytest.raises(ValueError, match="share"):
         LearningBudget(1.5, lambda: False)
+
+
+def test_an_update_on_another_thread_wakes_whoever_waited_since_before_it() -> None:
+    updates = Updates()
+    updates.notify()  # no reader yet: nothing to wake, nothing kept
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        before = updates.since()  # taken before the update, as a reader does
+        assert updates.since() is before  # one event per update to come
+        trainer = threading.Thread(target=updates.notify)
+        trainer.start()
+        trainer.join()  # the update ended before the reader started to wait ...
+        woken = await asyncio.wait_for(before.wait(), 30)  # ... and still wakes it
+        after = updates.since()  # the next update's event is a new one, not yet set
+        return woken, after is before, after.is_set()
+
+    assert asyncio.run(scenario()) == (True, False, False)
