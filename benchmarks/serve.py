@@ -22,7 +22,8 @@ the rounds' ratios. The feedback trackers wait with ``GET /v1/feedback/{id}?wait
 rather than polling, so the measurement adds no load of its own beyond the requests.
 
 Keys: ``adaptkit.clients_N`` / ``peft.clients_N`` (p50/p99 latency, time to first
-token, output tokens/s, 5xx, ...; the largest phase's first round), ``ceiling_rounds``,
+token, output tokens/s, 5xx, ...; the largest phase's first round), ``ceiling_rounds`` (each
+round of the largest phase: its tokens/s, its ceiling, their ratio, its whole summary),
 ``ratios``, ``isolation`` (answers re-computed alone with the exact version the response
 named), ``feedback`` (lost events, feedback-to-new-version latency), ``floors``.
 """
@@ -540,6 +541,7 @@ def main() -> None:
                                 ),
                                 "trainer_idle_for_ceiling": learned,
                                 "ceiling": measured,
+                                "load": summary,  # the round's whole summary
                             }
                         )
                         progress(json.dumps(rounds[-1]))
@@ -582,8 +584,10 @@ def main() -> None:
         f"vs_ceiling_{most}": statistics.median(r["vs_ceiling"] for r in rounds),
     }
     feedback8 = results["adaptkit"].get("clients_8", {}).get("feedback", {})
-    errors = sum(p["status_5xx"] + p["status_other"] for p in results["adaptkit"].values())
-    lost = sum(p["feedback"]["lost"] for p in results["adaptkit"].values())
+    # Every phase and every round of the largest (its first round is also clients_N).
+    phases = [*results["adaptkit"].values(), *(r["load"] for r in rounds[1:])]
+    errors = sum(p["status_5xx"] + p["status_other"] for p in phases)
+    lost = sum(p["feedback"]["lost"] for p in phases)
     to_version = feedback8.get("to_new_version_p50_s")
     results["floors"] = {
         "tokens_per_s_vs_peft_at_32_ge_5": results["ratios"][f"vs_peft_{most}"] >= 5,
