@@ -9,6 +9,7 @@ promoted version is the user's active one, so the next request is planned on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -47,7 +48,9 @@ class Updates:
 
     def notify(self) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._fire)
+            # A loop already closed (the server stopping) has no reader left to wake.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._fire)
 
     def _fire(self) -> None:
         if self._next is not None:

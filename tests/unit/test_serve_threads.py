@@ -98,3 +98,4 @@ def test_an_update_on_another_thread_wakes_whoever_waited_since_before_it() -> N
         return woken, after is before, after.is_set()
 
     assert asyncio.run(scenario()) == (True, False, False)
+    updates.notify()  # its loop is closed now (the server stopped): nothing to wake, no error
